@@ -1,0 +1,28 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the releases that pip finds on local disk (no multi-GB download).
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/layertune: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/layertune
+	$(BIN)/layertune train trials/mnist1d_cnn.yaml --out runs/demo
+
+test: $(BIN)/layertune
+	$(BIN)/ruff check layertune tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/layertune
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/reference.py
+
+clean:
+	rm -rf $(VENV) runs

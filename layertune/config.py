@@ -1,0 +1,207 @@
+"""Trial configuration: the YAML schema, validated by pydantic, and ``--set`` overrides.
+
+Every error becomes one line ``FILE: KEY: what is allowed`` (``ConfigError``) before any
+work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """Bad input: the message is one line naming the file, the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+DatasetName = Literal["mnist", "mnist1d", "digits", "cifar10", "cifar100", "imagenet", "synthetic"]
+
+
+class DataConfig(_Strict):
+    name: DatasetName
+    root: str | None = Field(None, description="folder with the data set (torchvision layout)")
+    batch_size: int = Field(128, gt=0)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    num_samples: int | None = Field(None, gt=0, description="mnist1d: samples generated")
+    augment: bool = Field(True, description="random crop and flip for CIFAR/ImageNet")
+    num_workers: int = Field(4, ge=0, description="loader processes for folder data sets")
+    synthetic_shape: tuple[int, ...] = Field((3, 32, 32), description="synthetic: input shape")
+    synthetic_classes: int = Field(10, gt=1)
+    synthetic_samples: int = Field(2048, gt=0)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+class MLPConfig(_Strict):
+    name: Literal["mlp"]
+    depth: int = Field(12, gt=0, description="gated sections")
+    width: int = Field(300, gt=0)
+    batchnorm: bool = False
+
+
+class CNN1dConfig(_Strict):
+    name: Literal["cnn1d"]
+    depth: int = Field(8, gt=0, description="gated sections")
+    channels: int = Field(32, gt=0)
+    kernel_size: int = Field(5, gt=0)
+
+
+class LeNet5Config(_Strict):
+    name: Literal["lenet5"]
+
+
+class VGG16Config(_Strict):
+    name: Literal["vgg16"]
+    head: Literal["cifar", "imagenet"] = "cifar"
+
+
+class ResNetConfig(_Strict):
+    name: Literal[
+        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "resnet34",
+        "resnet50",
+    ]
+
+
+ModelConfig = Annotated[
+    MLPConfig | CNN1dConfig | LeNet5Config | VGG16Config | ResNetConfig,
+    Field(discriminator="name"),
+]
+
+
+# --- method and optimiser -------------------------------------------------------------------
+
+
+class MethodConfig(_Strict):
+    """ALGORITHM.md sections 2-4; names as in section 5."""
+
+    prior_scale: float = Field(1.0, gt=0.0, description="sigma: slab scale relative to He init")
+    spike_ratio: float = Field(0.1, gt=0.0, lt=1.0, description="rho: spike / slab scale")
+    hyperprior_strength: float = Field(1.0, gt=0.0, description="h: flattening of the penalty")
+    prior_weight: float = Field(1.0, ge=0.0, description="lambda: prior against data")
+    theta_lr: float = Field(0.05, gt=0.0, description="eta_theta: gate learning rate")
+    theta_init: float = Field(1.0, gt=0.0, le=1.0, description="theta_0")
+    estimator: Literal["first_order", "exact"] = "first_order"
+    prune_patience: int = Field(50, ge=1, description="steps theta=0 and R1>R0 must hold")
+    gates: Literal["learned", "fixed", "removed"] = Field(
+        "learned", description="fixed: every gate at 1 (baseline); removed: no sections at all"
+    )
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    step_epochs: tuple[int, ...] = Field((), description="step schedule: epochs where lr x 0.1")
+
+    @model_validator(mode="after")
+    def _momentum_for_sgd_only(self) -> OptimizerConfig:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0.0):
+            raise ValueError("nesterov needs name: sgd and momentum > 0")
+        return self
+
+
+class TrialConfig(_Strict):
+    data: DataConfig
+    model: ModelConfig
+    method: MethodConfig = MethodConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    epochs: int = Field(20, gt=0)
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    bf16: bool = Field(False, description="bf16 autocast (GPU)")
+    channels_last: bool = Field(False, description="channels_last memory format (GPU, 2-d convs)")
+    train_eval_samples: int = Field(
+        10000, gt=0, description="training samples the per-epoch train_loss is measured on"
+    )
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> TrialConfig:
+        return validate(apply_overrides(self.model_dump(mode="json"), overrides), source)
+
+
+def _format(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"]]
+    if len(loc) > 1 and loc[0] == "model" and not loc[1].startswith("name"):
+        loc.pop(1)  # the discriminator tag pydantic inserts
+    key = ".".join(loc) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "union_tag_invalid" or e["type"] == "literal_error":
+        msg = msg.replace("Input tag", "value").replace("Input should be", "allowed:")
+    got = e.get("input")
+    if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict):
+        msg += f" (got {got!r})"
+    return f"{source}: {key}: {msg}"
+
+
+def validate(raw: Any, source: str) -> TrialConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of keys to values")
+    try:
+        return TrialConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(parse)"
+        raise ConfigError(f"{path}: {where}: not valid YAML ({getattr(err, 'problem', err)})")
+
+
+def load_trial(path: str | Path, overrides: dict[str, Any] | None = None) -> TrialConfig:
+    raw = read_yaml(path)
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: (top level): expected a mapping of keys to values")
+        raw = apply_overrides(raw, overrides)
+        return validate(raw, f"{path} (with --set)")
+    return validate(raw, str(path))
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["optimizer.lr=0.1", "method.gates=false"]`` -> {dotted key: YAML-parsed value}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. optimizer.lr=0.1")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys in a copy of ``raw``; a key that is not in the schema fails validation."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out

@@ -1,0 +1,56 @@
+"""Forward FLOPs per sample of each part of a gated network (``torch.utils.flop_counter``).
+
+Counts what FlopCounterMode counts (matmuls and convolutions); elementwise work is left out,
+as is usual for FLOP figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .sections import GatedNetwork, GatedSection
+
+
+@dataclass(frozen=True)
+class FlopTable:
+    fixed: float  # stem, transitions, head, and every section's skip
+    body: tuple[float, ...]  # each section's body
+
+    def forward(self, active: list[bool]) -> float:
+        """Forward FLOPs per sample with the sections marked active running their body."""
+        return self.fixed + sum(b for b, on in zip(self.body, active, strict=True) if on)
+
+    def training_step(self, active: list[bool], batch: int) -> float:
+        """Forward plus backward (about twice the forward) for one minibatch."""
+        return 3.0 * batch * self.forward(active)
+
+
+def _count(fn, *args) -> tuple[float, torch.Tensor]:
+    with FlopCounterMode(display=False) as counter:
+        out = fn(*args)
+    return float(counter.get_total_flops()), out
+
+
+@torch.no_grad()
+def flop_table(model: GatedNetwork, in_shape: tuple[int, ...]) -> FlopTable:
+    """Measure every part on one sample in eval mode; pruned sections have a body of 0."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros((1, *in_shape), device=device)
+    fixed, body = 0.0, []
+    for layer in model.layers:
+        if isinstance(layer, GatedSection):
+            f_skip, s = _count(lambda v, m=layer: m.post(m.skip(v)), x)
+            f_body = _count(layer.body, x)[0] if layer.body is not None else 0.0
+            fixed += f_skip
+            body.append(f_body)
+            x = layer.post(layer.skip(x) + layer.body(x)) if layer.body is not None else s
+        else:
+            f, x = _count(layer, x)
+            fixed += f
+    model.train(was_training)
+    return FlopTable(fixed, tuple(body))

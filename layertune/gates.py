@@ -1,0 +1,162 @@
+"""Gate probabilities, their gradient estimators, projected SGD and the pruning rule.
+
+ALGORITHM.md sections 3-4. ``theta`` lives on the CPU (it decides which sections run, which is
+Python control flow); one device-to-host copy per step brings back dL/dz and ``Q``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .prior import PriorSettings, SectionPrior
+from .sections import GatedNetwork
+
+
+class GateController:
+    """Owns ``theta`` of a ``GatedNetwork`` and turns each training step into a gate update.
+
+    Per step: ``sample()`` draws ``z ~ Bernoulli(theta)`` and sets it on the network;
+    after ``loss.backward()``, ``data_gradient`` estimates ``E[L | z=1] - E[L | z=0]``; after the
+    weight optimiser's step, ``update`` applies the prior, projects
+    ``theta <- clip(theta - eta * g, 0, 1)`` and prunes sections that have held
+    ``theta == 0`` and ``R_1 > R_0`` for ``patience`` steps. ``update`` returns the parameters
+    of the sections it removed so the caller can take them out of the optimiser.
+    """
+
+    def __init__(
+        self,
+        model: GatedNetwork,
+        settings: PriorSettings,
+        *,
+        theta_lr: float,
+        theta_init: float = 1.0,
+        estimator: str = "first_order",
+        patience: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if estimator not in ("first_order", "exact"):
+            raise ValueError(f"estimator must be first_order or exact, not {estimator!r}")
+        self.model = model
+        self.sections = model.sections
+        self.prior = SectionPrior(self.sections, settings)
+        self.theta_lr = theta_lr
+        self.estimator = estimator
+        self.patience = patience
+        self.generator = generator
+        num = len(self.sections)
+        self.theta = torch.full((num,), float(theta_init), dtype=torch.float64)
+        self.streak = torch.zeros(num, dtype=torch.long)
+        self.pruned_at_step: dict[int, int] = {}
+        self.steps = 0
+        self._probe: Tensor | None = None
+        self._q: Tensor | None = None
+        for i, s in enumerate(self.sections):
+            if s.pruned:
+                self.theta[i] = 0.0
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> list[int]:
+        return [i for i, s in enumerate(self.sections) if not s.pruned]
+
+    def deterministic(self) -> list[float]:
+        """``round(theta)``: the gates used for evaluation and export."""
+        return [float(t >= 0.5) for t in self.theta.tolist()]
+
+    def undecided(self) -> int:
+        return int(((self.theta > 0) & (self.theta < 1)).sum())
+
+    def state_dict(self) -> dict:
+        return {
+            "theta": self.theta.clone(),
+            "streak": self.streak.clone(),
+            "pruned_at_step": dict(self.pruned_at_step),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.theta = state["theta"].clone().to(torch.float64)
+        self.streak = state["streak"].clone()
+        self.pruned_at_step = {int(k): int(v) for k, v in state["pruned_at_step"].items()}
+        self.steps = int(state["steps"])
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def sample(self) -> list[float]:
+        """Draw one ``z`` for the minibatch and set it (with the dL/dz probe) on the network."""
+        z = torch.bernoulli(self.theta, generator=self.generator)  # pruned: theta is 0
+        device = self.prior.n.device
+        self._probe = torch.zeros(len(self.sections), device=device, requires_grad=True)
+        zs = z.tolist()
+        self.model.set_gates(zs, probe=self._probe if self.estimator == "first_order" else None)
+        return zs
+
+    def data_gradient(self, z: list[float], loss: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """The data part of dJ/dtheta on the device (call after ``loss.backward()``)."""
+        if self.estimator == "exact":
+            return self._exact_difference(z, loss, x, y)
+        grad = self._probe.grad if self._probe.grad is not None else torch.zeros_like(self._probe)
+        weight = torch.tensor(
+            [zi / t if zi else 0.0 for zi, t in zip(z, self.theta.tolist(), strict=True)],
+            device=grad.device,
+        )
+        return grad * weight  # (z / theta) * dL/dz: unbiased for E[dL/dz | z = 1]
+
+    @torch.no_grad()
+    def _exact_difference(self, z: list[float], loss: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """``L(z_l = 1) - L(z_l = 0)``, other gates as drawn; one extra forward per section."""
+        diffs = torch.zeros(len(self.sections), device=loss.device)
+        with frozen_batchnorm_stats(self.model):
+            for i in self.alive:
+                flipped = list(z)
+                flipped[i] = 1.0 - z[i]
+                self.model.set_gates(flipped)
+                other = F.cross_entropy(self.model(x), y)
+                on, off = (loss.detach(), other) if z[i] else (other, loss.detach())
+                diffs[i] = on - off
+        self.model.set_gates(z)
+        return diffs
+
+    @torch.no_grad()
+    def update(self, data_grad: Tensor, lr: float) -> list[nn.Parameter]:
+        """Prior step on the weights, projected SGD on ``theta``, the pruning rule."""
+        self.steps += 1
+        q = self.prior.quadratic()
+        rent = self.prior.rent(q)
+        host = torch.cat([data_grad.float(), rent.float()]).cpu().double()
+        num = len(self.sections)
+        grad = host[:num] + host[num:]
+        self.prior.shrink_(q, self.theta.to(q.device, torch.float32), lr)
+        alive = torch.tensor([not s.pruned for s in self.sections])
+        self.theta = torch.where(alive, (self.theta - self.theta_lr * grad).clamp(0.0, 1.0), 0.0)
+        # Pruning rule: theta at exactly 0 and the spike already preferred, for `patience` steps.
+        holding = alive & (self.theta == 0.0) & (host[num:] > 0.0)
+        self.streak = torch.where(holding, self.streak + 1, torch.zeros_like(self.streak))
+        removed: list[nn.Parameter] = []
+        for i in torch.nonzero(self.streak >= self.patience).flatten().tolist():
+            removed += self.sections[i].prune()
+            self.pruned_at_step[i] = self.steps
+            self.streak[i] = 0
+        if removed:
+            self.prior.refresh()
+        return removed
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Extra forwards in train mode (batch statistics) that leave running statistics alone."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum

@@ -1,0 +1,104 @@
+"""The Gaussian scale-mixture prior with the flattening hyper-prior (ALGORITHM.md section 2).
+
+Per section ``l`` with prior tensors ``W_t`` (``n`` entries in all) and He-relative scales
+``s_t``, let ``Q = sum_t ||W_t||^2 / (sigma * s_t)^2``. Integrating the inverse-gamma variance
+(shape ``alpha = n / (2h)``) out of ``N(0, v c^2 diag(sigma s_t)^2)`` gives, up to terms slab
+and spike share,
+
+    R(c) = (alpha + n/2) * log(1 + Q / (2 * alpha * c^2)) + n * log(c)
+
+with ``c = 1`` for the slab (``R_1``) and ``c = rho`` for the spike (``R_0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .sections import GatedSection
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    prior_scale: float  # sigma
+    spike_ratio: float  # rho
+    hyperprior_strength: float  # h
+    prior_weight: float  # lambda
+    num_train: int  # N
+
+
+def energies(q: Tensor, n: Tensor, rho: float, h: float) -> tuple[Tensor, Tensor]:
+    """``(R_1, R_0)`` per section from ``Q`` and ``n`` (shared terms dropped)."""
+    a = n * (1.0 + h) / (2.0 * h)  # alpha + n/2
+    u = h * q / n  # Q / (2 alpha)
+    r1 = a * torch.log1p(u)
+    r0 = a * torch.log1p(u / rho**2) + n * torch.log(torch.tensor(rho, dtype=q.dtype))
+    return r1, r0
+
+
+def decay_coefficient(q: Tensor, n: Tensor, theta: Tensor, rho: float, h: float) -> Tensor:
+    """``d/dQ [theta R_1 + (1 - theta) R_0]``: the adaptive weight decay, before ``2 / (sigma s)^2``."""
+    a = n * (1.0 + h) / (2.0 * h)
+    slab = a / (n / h + q)
+    spike = a / (n * rho**2 / h + q)
+    return theta * slab + (1.0 - theta) * spike
+
+
+class SectionPrior:
+    """Evaluates ``R_1 - R_0`` per section and applies the prior's pull on the weights.
+
+    The pull is a decoupled, semi-implicit step ``W <- W / (1 + lr * (lambda / N) * k)`` with
+    ``k`` the adaptive decay at the current ``W``: it is the gradient step of the prior term for
+    small ``lr`` and cannot overshoot, so a section held at ``theta = 0`` shrinks monotonically
+    (docs/algorithm.md, "Departures").
+    """
+
+    def __init__(self, sections: list[GatedSection], settings: PriorSettings) -> None:
+        self.sections = sections
+        self.s = settings
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the prior tensors (after a section was pruned)."""
+        self.tensors: list[Tensor] = []
+        scales: list[float] = []
+        owner: list[int] = []
+        for i, section in enumerate(self.sections):
+            for t, scale in section.prior_tensors():
+                self.tensors.append(t)
+                scales.append(self.s.prior_scale * scale)
+                owner.append(i)
+        device = self.tensors[0].device if self.tensors else torch.device("cpu")
+        self._inv_var = torch.tensor([1.0 / c**2 for c in scales], device=device)
+        self._owner = torch.tensor(owner, dtype=torch.long, device=device)
+        n = torch.zeros(len(self.sections), device=device)
+        n.index_add_(0, self._owner, torch.tensor([float(t.numel()) for t in self.tensors],
+                                                  device=device))
+        self.n = n.clamp_min(1.0)  # pruned sections: no tensors; keeps the formulas finite
+
+    @torch.no_grad()
+    def quadratic(self) -> Tensor:
+        """``Q`` per section (0 for pruned sections)."""
+        q = torch.zeros_like(self.n)
+        if self.tensors:
+            sq = torch.stack([t.detach().float().pow(2).sum() for t in self.tensors])
+            q.index_add_(0, self._owner, sq * self._inv_var)
+        return q
+
+    def rent(self, q: Tensor) -> Tensor:
+        """``(lambda / N) * (R_1 - R_0)``: the prior's exact part of dJ/dtheta."""
+        r1, r0 = energies(q, self.n, self.s.spike_ratio, self.s.hyperprior_strength)
+        return (self.s.prior_weight / self.s.num_train) * (r1 - r0)
+
+    @torch.no_grad()
+    def shrink_(self, q: Tensor, theta: Tensor, lr: float) -> None:
+        """One decoupled prior step on every prior tensor (``theta`` per section, on device)."""
+        if not self.tensors or self.s.prior_weight == 0.0:
+            return
+        k = decay_coefficient(q, self.n, theta, self.s.spike_ratio, self.s.hyperprior_strength)
+        per_tensor = 2.0 * k[self._owner] * self._inv_var
+        factors = 1.0 / (1.0 + lr * (self.s.prior_weight / self.s.num_train) * per_tensor)
+        for t, f in zip(self.tensors, factors.unbind(), strict=True):
+            t.mul_(f)

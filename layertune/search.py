@@ -1,0 +1,131 @@
+"""Optuna through Ray Tune's ``OptunaSearch``: multi-objective, persistent, honest about stops.
+
+Ray's ``OptunaSearch`` tells Optuna a trial stopped by a scheduler is COMPLETE with its partial
+values, and leaves an Optuna trial RUNNING when an objective is missing or NaN. ``SweepSearch``
+tells Optuna instead:
+
+* PRUNED for a trial whose last result carries ``stopped_by`` (or that never ran), so stopped
+  trials never reach the Pareto front (``study.best_trials``);
+* FAIL for an errored trial or one whose objectives are missing or not finite;
+* COMPLETE with the objective values of the last result otherwise.
+
+The study lives in an sqlite file (``optuna.db``) so that it can be resumed (same storage and
+``study_name``) and opened with ``optuna-dashboard sqlite:///.../optuna.db``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from .config import ConfigError
+from .scheduler import STOP_REASON, STOPPED_BY
+
+logger = logging.getLogger(__name__)
+
+# Result keys kept on each Optuna trial (user attributes) for the front table and dashboards.
+RECORDED = ("epoch", "val_accuracy", "active_layers", "total_layers", "undecided_layers",
+            "flops", "params", "train_flops")
+
+
+def open_storage(folder: str | Path) -> optuna.storages.RDBStorage:
+    """An sqlite RDB storage in ``folder/optuna.db`` (absolute path)."""
+    path = Path(folder).resolve() / "optuna.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{path}")
+
+
+def check_study(storage: optuna.storages.BaseStorage, study_name: str, modes: list[str]) -> int:
+    """Trials already in the study ``study_name`` (0 if new).
+
+    A resumed study must have the same objective directions; trials a killed sweep left
+    RUNNING are closed as FAIL (one sweep per study at a time).
+    """
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    have = ["max" if d == optuna.study.StudyDirection.MAXIMIZE else "min"
+            for d in storage.get_study_directions(study_id)]
+    if have != list(modes):
+        raise ConfigError(
+            f"--name {study_name}: the Optuna study there has objectives {have}; the search "
+            f"space asks for {list(modes)} (choose another --name or --storage)"
+        )
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    for t in trials:  # left RUNNING by a sweep that was killed: they will never report
+        if t.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(t._trial_id, "stopped_by", "unfinished")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(trials)
+
+
+class SweepSearch(OptunaSearch):
+    """``OptunaSearch`` that reports stopped trials as PRUNED and broken ones as FAIL."""
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        state, values = self._outcome(result, error)
+        attrs = {"ray_trial_id": trial_id}
+        if result:
+            attrs.update({k: result[k] for k in RECORDED if k in result})
+            for key in (STOPPED_BY, STOP_REASON):
+                if result.get(key):
+                    attrs[key] = result[key]
+        if error:
+            attrs[STOPPED_BY] = "error"
+        elif result is None:
+            attrs[STOPPED_BY] = "not started"
+        for key, value in attrs.items():
+            ot_trial.set_user_attr(key, value)
+        try:
+            self._ot_study.tell(ot_trial, values, state=state)
+        except Exception as exc:  # never let bookkeeping stop the sweep
+            logger.warning("Optuna tell failed for trial %s: %s", trial_id, exc)
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+    def _outcome(self, result: dict | None, error: bool) -> tuple[TrialState, Any]:
+        if error:
+            return TrialState.FAIL, None
+        if not result or result.get(STOPPED_BY):
+            return TrialState.PRUNED, None
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [result.get(m) for m in metrics]
+        if any(not isinstance(v, int | float) or not math.isfinite(v) for v in values):
+            return TrialState.FAIL, None
+        values = [float(v) for v in values]
+        return TrialState.COMPLETE, values if isinstance(self.metric, list) else values[0]
+
+    def close_unfinished(self) -> int:
+        """Tell FAIL for every trial this searcher asked for but was never told about.
+
+        Called when the sweep ends (also on Ctrl-C): no Optuna trial of this sweep stays
+        RUNNING. Returns how many were closed.
+        """
+        closed = 0
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id in self._completed_trials:
+                continue
+            try:
+                ot_trial.set_user_attr(STOPPED_BY, "unfinished")
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                closed += 1
+            except Exception as exc:  # e.g. already finished in the storage
+                logger.warning("could not close Optuna trial of %s: %s", trial_id, exc)
+            self._completed_trials.add(trial_id)
+        return closed
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study

@@ -1,0 +1,698 @@
+"""``layertune sweep``: Ray Tune runs the trials, Optuna proposes them, gate collapse stops them.
+
+``run_sweep`` validates everything (trial YAML, search space, resources) before any trial
+starts, runs ``train.run_trial`` once per sampled configuration through ``ray.tune.Tuner``, shows
+a live table, and ends with the Pareto front of the finished trials. A sweep folder
+(``./layertune-runs/NAME`` unless ``--storage``) holds, all with absolute paths:
+
+    tune/          Ray Tune's experiment (results, checkpoints, errors)
+    optuna.db      the Optuna study ``NAME`` (resumable; ``optuna-dashboard sqlite:///...``)
+    mlflow.db      MLflow runs (unless ``--tracking-uri``): a sweep run, one nested run per trial
+    front.json     the Pareto front, also front.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+
+from .config import ConfigError, TrialConfig, load_trial
+from .front import format_table, pareto_front
+from .scheduler import (
+    STOP_REASON,
+    STOPPED_BY,
+    GateCollapseScheduler,
+    RecordingASHA,
+    StopReasonCallback,
+)
+from .search import SweepSearch, check_study, open_storage
+from .space import CollapseSettings, DefineByRun, SearchSpace, check_parameters, load_space
+from .space import make_sampler as _make_sampler
+from .space import max_epochs as _max_epochs
+
+SCHEDULERS = ("gate-collapse", "asha", "fifo")
+_CLASSES = {"mnist": 10, "mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100,
+            "imagenet": 1000}
+
+
+# --- the trainable (runs in a Ray worker) -----------------------------------------------------
+
+
+def _train(config: dict, base: dict, threads: int) -> None:
+    """One Tune trial: the trial config with the searcher's dotted-key overrides applied."""
+    import torch
+
+    from .train import run_trial
+
+    torch.set_num_threads(threads)  # the trial's CPU share, not the whole node
+    trial_config = TrialConfig.model_validate(base).with_overrides(config, source="sweep")
+
+    def report(metrics: dict, folder: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(trial_config, report, checkpoint=True)
+        return
+    with checkpoint.as_directory() as folder:  # Tune retried the trial: go on from there
+        run_trial(trial_config, report, checkpoint=True, resume_from=folder)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# --- live view --------------------------------------------------------------------------------
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class SweepMonitor(tune.Callback):
+    """Keeps one row per trial and prints the live table.
+
+    On a terminal the table is redrawn in place every ``interval`` seconds; otherwise (a log
+    file, CI) one line is printed per trial that ends and the whole table every ``interval``.
+    """
+
+    def __init__(self, total: int, name: str, live: bool = True, interval: float | None = None):
+        self.total = total
+        self.name = name
+        self.live = live
+        self.interval = interval
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.events: list[tuple[float, str, int]] = []  # (seconds, trial, epoch) per result
+        self.start = time.monotonic()
+        self._printed_at = 0.0
+        self._drawn = 0
+        self._dirty = False
+
+    # Ray pickles its run config (this callback included) into tuner.pkl: keep that simple.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_drawn": 0}
+
+    def setup(self, **info) -> None:
+        self.start = self._printed_at = time.monotonic()
+
+    def _row(self, trial: Any) -> dict[str, Any]:
+        row = self.rows.get(trial.trial_id)
+        if row is None:
+            row = {"trial": trial.trial_id, "status": "pending", "epoch": 0,
+                   "config": dict(trial.config), "started_s": time.monotonic() - self.start}
+            self.rows[trial.trial_id] = row
+        return row
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self._row(trial)["status"] = "running"
+        self._dirty = True
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info) -> None:
+        row = self._row(trial)
+        row["status"] = "running"
+        row.update({k: v for k, v in result.items()
+                    if isinstance(v, int | float | str) and k != "config"})
+        self.events.append((time.monotonic() - self.start, trial.trial_id,
+                            int(result.get("epoch", 0))))
+        self._dirty = True
+
+    def _ended(self, trial: Any, status: str) -> None:
+        row = self._row(trial)
+        last = trial.last_result or {}
+        row.update({k: v for k, v in last.items() if isinstance(v, int | float | str)})
+        row["ended_s"] = time.monotonic() - self.start
+        if status == "error":
+            row["status"] = "error"
+            row[STOPPED_BY] = "error"
+            row["error_file"] = str(Path(trial.local_path or "", "error.txt"))
+        elif last.get(STOPPED_BY):
+            row["status"] = "stopped"
+        else:
+            row["status"] = "done"
+        self._dirty = True
+        if self.live and not sys.stdout.isatty():
+            self._print_line(row)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self._ended(trial, "done")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self._ended(trial, "error")
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        now = time.monotonic()
+        tty = sys.stdout.isatty()
+        interval = self.interval if self.interval is not None else (2.0 if tty else 30.0)
+        if self.live and self._dirty and now - self._printed_at >= interval:
+            self.draw()
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        if self.live and sys.stdout.isatty():
+            self.draw()
+
+    # -- text ------------------------------------------------------------------------------
+
+    def progress(self) -> str:
+        rows = self.rows.values()
+        ended = [r for r in rows if r["status"] in ("done", "stopped", "error")]
+        stopped = sum(r["status"] == "stopped" for r in rows)
+        failed = sum(r["status"] == "error" for r in rows)
+        running = sum(r["status"] == "running" for r in rows)
+        return (f"sweep {self.name}: {len(ended)}/{self.total} trials ended ({stopped} stopped "
+                f"early, {failed} failed), {running} running, elapsed "
+                f"{_clock(time.monotonic() - self.start)}")
+
+    def table(self) -> str:
+        rows = []
+        for r in self.rows.values():
+            status = r["status"]
+            if status == "stopped":
+                status = f"stopped: {r.get(STOPPED_BY, '?')}"
+            active = r.get("active_layers")
+            rows.append({
+                "trial": r["trial"], "status": status, "epoch": r.get("epoch", 0),
+                "val_acc": r.get("val_accuracy"),
+                "active": f"{active}/{r.get('total_layers', '?')}" if active is not None else "-",
+                "undecided": r.get("undecided_layers"),
+            })
+        cols = ["trial", "status", "epoch", "val_acc", "active", "undecided"]
+        return format_table(rows, cols)
+
+    def draw(self) -> None:
+        text = self.progress() + "\n" + self.table()
+        out = sys.stdout
+        if out.isatty() and self._drawn:
+            out.write(f"\x1b[{self._drawn}F\x1b[J")  # back to the old table's first line
+        out.write(text + "\n")
+        out.flush()
+        self._drawn = text.count("\n") + 1
+        self._printed_at = time.monotonic()
+        self._dirty = False
+
+    def _print_line(self, r: dict) -> None:
+        why = f" by {r.get(STOPPED_BY)} ({r.get(STOP_REASON, '')})" if r["status"] == "stopped" \
+            else ""
+        acc = r.get("val_accuracy")
+        acc_text = f"{acc:.4f}" if isinstance(acc, float) else "-"
+        print(f"[{_clock(r['ended_s'])}] trial {r['trial']} {r['status']}{why} at epoch "
+              f"{r.get('epoch', 0)}: val_accuracy {acc_text}, active "
+              f"{r.get('active_layers', '-')}/{r.get('total_layers', '?')}", flush=True)
+
+
+# --- MLflow (driver side) ---------------------------------------------------------------------
+
+
+class MlflowRecorder(tune.Callback):
+    """A sweep run, and one nested run per ended trial, logged from the driver in batches.
+
+    The database and experiment are created in ``setup`` before any trial starts (parallel
+    first use of a fresh sqlite file races). Kept small on purpose: the tracking module owns
+    the full record.
+    """
+
+    def __init__(self, uri: str, experiment: str, artifacts: Path, params: dict[str, Any]):
+        self.uri = uri
+        self.experiment = experiment
+        self.artifacts = artifacts
+        self.params = params
+        self.parent_id: str | None = None
+        self._client = None
+        self._experiment_id: str | None = None
+        self._history: dict[str, list] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None, "_history": {}}
+
+    def open(self) -> None:
+        if self._client is not None:
+            return
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        self._client = MlflowClient(tracking_uri=self.uri)
+        exp = self._client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            self._experiment_id = self._client.create_experiment(
+                self.experiment, artifact_location=self.artifacts.resolve().as_uri()
+            )
+        else:
+            self._experiment_id = exp.experiment_id
+        run = self._client.create_run(self._experiment_id, run_name=self.experiment,
+                                      tags={"layertune.kind": "sweep"})
+        self.parent_id = run.info.run_id
+        self._client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000])
+                                                      for k, v in self.params.items()])
+
+    def setup(self, **info) -> None:
+        self.open()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info) -> None:
+        from mlflow.entities import Metric
+
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        stamp = int(time.time() * 1000)
+        self._history.setdefault(trial.trial_id, []).extend(
+            Metric(k, float(v), stamp, step) for k, v in result.items()
+            if k in _LOGGED and isinstance(v, int | float) and math.isfinite(v)
+        )
+
+    def _log_trial(self, trial: Any, status: str) -> None:
+        from mlflow.entities import Param, RunTag
+
+        if self._client is None:
+            return
+        last = trial.last_result or {}
+        tags = {"mlflow.parentRunId": self.parent_id, "ray_trial_id": trial.trial_id,
+                "layertune.kind": "trial", "outcome": status}
+        for key in (STOPPED_BY, STOP_REASON):
+            if last.get(key):
+                tags[key] = str(last[key])[:4000]
+        run = self._client.create_run(self._experiment_id, run_name=trial.trial_id, tags=tags)
+        params = [Param(k, str(v)) for k, v in (trial.config or {}).items()]
+        metrics = self._history.pop(trial.trial_id, [])
+        for i in range(0, max(len(metrics), 1), 900):  # MLflow takes <= 1000 per batch
+            self._client.log_batch(run.info.run_id, metrics=metrics[i:i + 900],
+                                   params=params if i == 0 else [],
+                                   tags=[RunTag("ray_trial_id", trial.trial_id)] if i == 0
+                                   else [])
+        self._client.set_terminated(run.info.run_id,
+                                    "FAILED" if status == "error" else
+                                    "KILLED" if status == "stopped" else "FINISHED")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self._log_trial(trial, "stopped" if (trial.last_result or {}).get(STOPPED_BY)
+                        else "done")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self._log_trial(trial, "error")
+
+    def finish(self, front_file: Path, summary: dict[str, Any]) -> None:
+        if self._client is None or self.parent_id is None:
+            return
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self._client.log_batch(self.parent_id, metrics=[
+            Metric(k, float(v), stamp, 0) for k, v in summary.items()
+            if isinstance(v, int | float)])
+        self._client.log_artifact(self.parent_id, str(front_file))
+        self._client.set_terminated(self.parent_id)
+
+
+_LOGGED = ("val_accuracy", "val_loss", "train_loss", "active_layers", "undecided_layers",
+           "collapsed", "flops", "params", "train_flops", "epoch_seconds")
+
+
+# --- the sweep --------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    name: str
+    folder: Path
+    study_name: str
+    storage_url: str
+    tracking_uri: str | None
+    objectives: list[tuple[str, str]]
+    parameters: list[str]
+    front: list[dict[str, Any]]
+    finished: list[dict[str, Any]]  # COMPLETE Optuna trials of the study (front candidates)
+    trials: list[dict[str, Any]] = field(default_factory=list)  # this run's Ray trials
+    events: list[tuple[float, str, int]] = field(default_factory=list)  # (s, trial, epoch)
+    wall_s: float = 0.0
+
+    @property
+    def trial_epochs(self) -> int:
+        return int(sum(r.get("epoch", 0) or 0 for r in self.trials))
+
+
+@dataclass
+class SweepPlan:
+    """Everything validated and resolved before Ray starts."""
+
+    trial_path: Path
+    space_path: Path
+    trial: TrialConfig
+    space: SearchSpace
+    name: str
+    folder: Path
+    samples: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    scheduler: str
+    seed: int | None
+    address: str | None
+    tracking_uri: str | None
+
+
+def plan_sweep(
+    trial_path: str | Path,
+    space_path: str | Path,
+    *,
+    samples: int = 16,
+    name: str | None = None,
+    storage: str | Path | None = None,
+    address: str | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    max_concurrent: int | None = None,
+    scheduler: str = "gate-collapse",
+    seed: int | None = None,
+    tracking_uri: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> SweepPlan:
+    """Validate the input (one-line ``ConfigError`` on anything wrong) and resolve paths.
+
+    ``overrides`` (dotted keys, as ``--set``) change the trial config before the search space
+    is applied.
+    """
+    if samples < 1:
+        raise ConfigError(f"--samples {samples}: must be at least 1")
+    if not cpus_per_trial > 0:
+        raise ConfigError(f"--cpus-per-trial {cpus_per_trial}: must be > 0 (e.g. 1 or 0.5)")
+    if gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial {gpus_per_trial}: must be >= 0 (e.g. 0.25)")
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise ConfigError(f"--gpus-per-trial {gpus_per_trial}: above 1 it must be whole")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent {max_concurrent}: must be at least 1")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {scheduler}: allowed: {', '.join(SCHEDULERS)}")
+    trial = load_trial(trial_path, overrides)
+    space = load_space(space_path)
+    check_parameters(space, trial, str(space_path))
+    if trial.data.root:  # trials run in their own working directory
+        trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
+                                     source=str(trial_path))
+    if trial.device.startswith("cuda") and gpus_per_trial == 0:
+        raise ConfigError(f"{trial_path}: device: {trial.device} needs --gpus-per-trial > 0 "
+                          "(or device: auto)")
+    if name is None:
+        name = f"{Path(trial_path).stem}-{Path(space_path).stem}-" \
+               f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if not name or any(c in name for c in "/\\:") or name.startswith("."):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
+    folder = Path(storage) if storage else Path("layertune-runs") / name
+    folder = folder.expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--storage {folder}: exists and is not a folder")
+    return SweepPlan(
+        trial_path=Path(trial_path).resolve(), space_path=Path(space_path).resolve(),
+        trial=trial, space=space, name=name, folder=folder, samples=samples,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent, scheduler=scheduler, seed=seed, address=address,
+        tracking_uri=tracking_uri,
+    )
+
+
+def chance_accuracy(trial: TrialConfig) -> float:
+    classes = _CLASSES.get(trial.data.name, trial.data.synthetic_classes)
+    return 1.0 / classes
+
+
+def decide_by(settings: CollapseSettings, epochs: int) -> int:
+    """Default: a quarter of the epochs (at least the grace epochs)."""
+    if settings.decide_by is not None:
+        return settings.decide_by
+    return max(settings.grace_epochs, math.ceil(epochs / 4))
+
+
+def make_scheduler(plan: SweepPlan) -> Any:
+    s = plan.space.scheduler
+    epochs = _max_epochs(plan.space, plan.trial)
+    if plan.scheduler == "gate-collapse":
+        return GateCollapseScheduler(
+            min_layers=s.min_layers,
+            chance_accuracy=s.chance_accuracy if s.chance_accuracy is not None
+            else chance_accuracy(plan.trial),
+            chance_margin=s.chance_margin, grace_epochs=s.grace_epochs, margin=s.margin,
+            decide_by=decide_by(s, epochs), reduction_factor=s.reduction_factor, max_t=epochs,
+        )
+    if plan.scheduler == "asha":
+        # The same rungs as gate collapse's ASHA part, applied to every trial.
+        return RecordingASHA(time_attr="epoch", metric="val_accuracy", mode="max",
+                             max_t=epochs, grace_period=min(decide_by(s, epochs), epochs),
+                             reduction_factor=s.reduction_factor)
+    return tune.schedulers.FIFOScheduler()
+
+
+def _start_ray(plan: SweepPlan) -> bool:
+    """Start or join Ray; True when this call started it (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    address = plan.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if not address:
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(address=plan.address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # Ray picks up its auth token for "auto" only; a host:port needs RAY_AUTH_MODE=token
+        # set before Python starts (Ray reads it at import).
+        hint = "" if not address or address == "auto" else (
+            "; for a cluster with token authentication (Ray's default) set RAY_AUTH_MODE=token "
+            "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN, or use --address auto on "
+            "one of its nodes")
+        raise ConfigError(f"--address {address or 'local'}: cannot start or join Ray "
+                          f"({first}){hint}") from None
+    return True
+
+
+def check_resources(plan: SweepPlan, nodes: list[dict] | None = None) -> None:
+    """A trial asking for more than any node has would stay PENDING forever: refuse it.
+
+    ``nodes``: the alive nodes' resource dicts (default: asked of the running Ray).
+    """
+    if nodes is None:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if plan.gpus_per_trial > 0 and sum(n.get("GPU", 0) for n in nodes) == 0:
+        raise ConfigError(f"--gpus-per-trial {plan.gpus_per_trial:g}: the Ray cluster has no "
+                          "GPU; use --gpus-per-trial 0 or join a cluster with GPUs (--address)")
+    need = {"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}
+    if not any(all(n.get(k, 0) >= v for k, v in need.items() if v > 0) for n in nodes):
+        cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+        gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise ConfigError(
+            f"--cpus-per-trial {plan.cpus_per_trial:g} --gpus-per-trial "
+            f"{plan.gpus_per_trial:g}: no Ray node has that much (largest: {cpu:g} CPU, "
+            f"{gpu:g} GPU)"
+        )
+
+
+def run_sweep(plan: SweepPlan, *, live: bool = True, interval: float | None = None,
+              keep_ray: bool = False) -> SweepResult:
+    """Run the sweep of ``plan`` (from ``plan_sweep``) and return its front and trials."""
+    # Each epoch's checkpoint forces a snapshot of Tune's experiment state (cheap here: a few
+    # KB), which Tune warns about every few seconds; the warning is noise for this tool.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's new output engine prints its own banner even when silent; the live view replaces it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow.store.db.utils", "alembic", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(plan.folder)
+    resumed = check_study(storage, plan.name, plan.space.modes)
+    started = _start_ray(plan)
+    try:
+        check_resources(plan)
+        return _run(plan, storage, live, interval, resumed)
+    finally:
+        if started and not keep_ray:
+            ray.shutdown()
+
+
+def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
+         interval: float | None, resumed: int) -> SweepResult:
+    space = plan.space
+    seed = plan.seed if plan.seed is not None else space.sampler.seed
+    if resumed and seed is not None:
+        seed += resumed  # a resumed study must not be proposed its first trials again
+    searcher = SweepSearch(
+        DefineByRun(space), metric=space.metrics, mode=space.modes,
+        sampler=_make_sampler(space.sampler, seed), study_name=plan.name, storage=storage,
+    )
+    scheduler = make_scheduler(plan)
+    monitor = SweepMonitor(plan.samples, plan.name, live=live, interval=interval)
+    tracking = plan.tracking_uri or f"sqlite:///{plan.folder / 'mlflow.db'}"
+    recorder = MlflowRecorder(tracking, plan.name, plan.folder / "mlflow-artifacts", {
+        "trial": plan.trial_path, "space": plan.space_path, "samples": plan.samples,
+        "scheduler": plan.scheduler, "sampler": space.sampler.name,
+        "seed": seed, "resumed_after": resumed,
+    })
+    recorder.open()  # database and experiment exist before any trial starts
+    threads = max(1, int(plan.cpus_per_trial))
+    trainable = tune.with_resources(
+        tune.with_parameters(_train, base=plan.trial.model_dump(mode="json"), threads=threads),
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=plan.samples,
+            max_concurrent_trials=plan.max_concurrent, trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=str(plan.folder), verbose=0,
+            callbacks=[StopReasonCallback(scheduler), monitor, recorder],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    if live:
+        print(f"layertune sweep {plan.name}: {plan.samples} trials of {plan.trial_path.name} "
+              f"over {plan.space_path.name}, scheduler {plan.scheduler}, "
+              f"{plan.cpus_per_trial:g} CPU + {plan.gpus_per_trial:g} GPU per trial; "
+              f"Ray has {_resources_text()}"
+              + (f"; resuming study {plan.name} ({resumed} trials)" if resumed else ""),
+              flush=True)
+    t0 = time.monotonic()
+    try:
+        tuner.fit()
+    finally:
+        searcher.close_unfinished()  # no Optuna trial of this sweep stays RUNNING
+    wall = time.monotonic() - t0
+    if live and not sys.stdout.isatty():
+        monitor.draw()
+    result = collect(plan, storage, list(monitor.rows.values()), wall)
+    result.events = list(monitor.events)
+    write_front(result)
+    recorder.finish(result.folder / "front.json", {
+        "trials": len(result.trials), "front_size": len(result.front),
+        "trial_epochs": result.trial_epochs, "wall_s": wall,
+    })
+    return result
+
+
+def _resources_text() -> str:
+    r = ray.cluster_resources()
+    return f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU"
+
+
+def collect(plan: SweepPlan, storage: optuna.storages.BaseStorage, trials: list[dict],
+            wall: float) -> SweepResult:
+    """The front over every COMPLETE trial of the study (this run and earlier ones)."""
+    study = optuna.load_study(study_name=plan.name, storage=storage)
+    objectives = list(zip(plan.space.metrics, plan.space.modes, strict=True))
+    finished = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        row = {"trial": t.number, "ray_trial": t.user_attrs.get("ray_trial_id")}
+        row.update(t.params)
+        row.update({k: v for k, v in t.user_attrs.items() if k in ("flops", "epoch", "params")})
+        row.update(dict(zip(plan.space.metrics, t.values, strict=True)))
+        finished.append(row)
+    front = [finished[i] for i in pareto_front(finished, objectives)]
+    front.sort(key=lambda r: tuple(-r[m] if d == "max" else r[m] for m, d in objectives))
+    return SweepResult(
+        name=plan.name, folder=plan.folder, study_name=plan.name,
+        storage_url=str(storage.url), tracking_uri=plan.tracking_uri
+        or f"sqlite:///{plan.folder / 'mlflow.db'}", objectives=objectives,
+        parameters=list(plan.space.parameters), front=front, finished=finished, trials=trials,
+        wall_s=wall,
+    )
+
+
+def front_columns(result: SweepResult) -> list[str]:
+    metrics = [m for m, _ in result.objectives]
+    extra = [c for c in ("flops",) if c not in metrics]
+    return ["trial", "ray_trial", *result.parameters, *metrics, *extra]
+
+
+def write_front(result: SweepResult) -> None:
+    cols = front_columns(result)
+    (result.folder / "front.json").write_text(json.dumps(
+        {"objectives": result.objectives, "front": result.front}, indent=2))
+    with open(result.folder / "front.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result.front)
+
+
+def summary(result: SweepResult) -> str:
+    objectives = ", ".join(f"{m} {d}" for m, d in result.objectives)
+    ended = result.trials
+    stopped = sum(r["status"] == "stopped" for r in ended)
+    failed = sum(r["status"] == "error" for r in ended)
+    lines = [
+        "",
+        f"Pareto front ({objectives}) of {len(result.finished)} finished trials "
+        f"({stopped} stopped early, {failed} failed this run; {result.trial_epochs} "
+        f"trial-epochs in {_clock(result.wall_s)}):",
+        format_table(result.front, front_columns(result)) if result.front
+        else "(empty: no trial finished)",
+        "",
+        "recorded in:",
+        f"  front         {result.folder / 'front.json'} (and front.csv)",
+        f"  Optuna study  {result.study_name} in {result.storage_url}",
+        f"                (optuna-dashboard {result.storage_url})",
+        f"  Ray results   {result.folder / 'tune'}",
+        f"  MLflow        {result.tracking_uri} (experiment {result.name})",
+    ]
+    errors = [r for r in ended if r["status"] == "error"]
+    if errors:
+        lines.append("failed trials:")
+        lines += [f"  {r['trial']}: {r.get('error_file', '')}" for r in errors]
+    return "\n".join(lines)
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``layertune sweep`` (the CLI wires them to ``sweep_command``)."""
+    parser.add_argument("trial", help="trial YAML (see trials/)")
+    parser.add_argument("--space", required=True, help="search-space YAML (see search_spaces/)")
+    parser.add_argument("--samples", type=int, default=16, help="trials to run (default 16)")
+    parser.add_argument("--name", help="sweep and Optuna study name (default TRIAL-SPACE-time)")
+    parser.add_argument("--storage", help="sweep folder (default ./layertune-runs/NAME)")
+    parser.add_argument("--address", help="Ray cluster to join ('auto', or host:port; default: "
+                        "RAY_ADDRESS, else a local Ray sized to this machine)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
+                        help="CPUs per trial, fractions allowed (default 1)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
+                        help="GPUs per trial, fractions allowed (default 0)")
+    parser.add_argument("--max-concurrent", type=int, metavar="K",
+                        help="trials at a time (default: as many as resources allow)")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="gate-collapse",
+                        help="early stopping (default gate-collapse)")
+    parser.add_argument("--seed", type=int, help="sampler seed (overrides the search space)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///"
+                        "<sweep folder>/mlflow.db)")
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """``layertune sweep``: 0 when trials finished, 1 when none did, 2 on bad input."""
+    try:
+        plan = plan_sweep(
+            args.trial, args.space, samples=args.samples, name=args.name,
+            storage=args.storage, address=args.address, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+            scheduler=args.scheduler, seed=args.seed, tracking_uri=args.tracking_uri,
+        )
+        result = run_sweep(plan)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary(result), flush=True)
+    return 0 if result.front else 1

@@ -1,0 +1,327 @@
+"""One trial: train a gated network while its sections prune themselves (the trial contract).
+
+``run_trial(config, report)`` calls ``report(metrics, checkpoint_dir | None)`` once per epoch
+with the keys of ARCHITECTURE.md; it knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import TrialConfig
+from .data import DataBundle, load_data
+from .flops import FlopTable, flop_table
+from .gates import GateController
+from .models import build_model
+from .prior import PriorSettings
+from .sections import GatedNetwork
+
+Report = Callable[[dict, "str | None"], None]
+CHECKPOINT_FILE = "trial_state.pt"
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrialResult:
+    config: dict
+    history: list[dict]
+    pruned_at: dict[int, int]  # section index -> epoch it was removed in
+    test: dict | None = None
+    note: str | None = None
+    model: GatedNetwork | None = field(default=None, repr=False)
+    keep: list[bool] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1]
+
+    def to_json(self) -> dict:
+        return {
+            "config": self.config,
+            "final": self.final,
+            "history": self.history,
+            "pruned_at": {str(k): v for k, v in sorted(self.pruned_at.items())},
+            "test": self.test,
+            "note": self.note,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name} asked for, but torch sees no CUDA device")
+    return device
+
+
+class Trial:
+    """The pieces of one trial and the step that trains them; ``run_trial`` drives it."""
+
+    def __init__(self, config: TrialConfig, data: DataBundle | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.data = data or load_data(config.data, config.seed, self.device)
+        self.model = build_model(config.model, self.data.in_shape, self.data.num_classes)
+        self.mode = config.method.gates
+        if self.mode == "removed":
+            for s in self.model.sections:
+                s.prune()
+        self.model.to(self.device)
+        if config.channels_last and self.device.type == "cuda" and len(self.data.in_shape) == 3:
+            self.model.to(memory_format=torch.channels_last)
+        self.flops: FlopTable = flop_table(self.model, self.data.in_shape)
+        m = config.method
+        self.gates = GateController(
+            self.model,
+            PriorSettings(m.prior_scale, m.spike_ratio, m.hyperprior_strength, m.prior_weight,
+                          self.data.num_train),
+            theta_lr=m.theta_lr,
+            theta_init=m.theta_init if self.mode == "learned" else 1.0,
+            estimator=m.estimator,
+            patience=m.prune_patience,
+            generator=torch.Generator().manual_seed(config.seed + 1),
+        )
+        self.optimizer = make_optimizer(self.model, config)
+        steps_per_epoch = len(self.data.train)
+        self.scheduler = make_schedule(self.optimizer, config, steps_per_epoch)
+        self.epoch = 0
+        self.train_flops = 0.0
+        self.history: list[dict] = []
+        self.pruned_at: dict[int, int] = {}
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
+        )
+
+    # --- training ---------------------------------------------------------------------------
+
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        """One minibatch: sample gates, weights step, gate step, pruning. Returns the loss."""
+        learned = self.mode == "learned"
+        z = self.gates.sample() if learned else self._fixed_gates()
+        if self.config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if learned:
+            data_grad = self.gates.data_gradient(z, loss, x, y)
+        self.optimizer.step()
+        if learned:
+            removed = self.gates.update(data_grad, self.optimizer.param_groups[0]["lr"])
+            if removed:
+                drop_parameters(self.optimizer, removed)
+                for i in self.gates.pruned_at_step:
+                    self.pruned_at.setdefault(i, self.epoch)
+        self.scheduler.step()
+        self.train_flops += self.flops.training_step([zi == 1.0 for zi in z], len(y))
+        return loss.detach()
+
+    def _fixed_gates(self) -> list[float]:
+        z = [0.0 if s.pruned else 1.0 for s in self.model.sections]
+        self.model.set_gates(z)
+        return z
+
+    def train_epoch(self) -> tuple[float, float]:
+        """Returns (seconds, mean minibatch loss)."""
+        self.epoch += 1
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        start = time.perf_counter()
+        for x, y in self.data.train:
+            total += self.step(x, y)
+        mean_loss = float(total) / max(len(self.data.train), 1)  # syncs the device
+        seconds = time.perf_counter() - start
+        if not math.isfinite(mean_loss):
+            raise TrialDiverged(
+                f"training loss is {mean_loss} in epoch {self.epoch}: lower optimizer.lr or "
+                "method.prior_weight"
+            )
+        return seconds, mean_loss
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> tuple[float, float]:
+        """(loss, accuracy) of the deterministic network, z = round(theta), in eval mode."""
+        self.model.eval()
+        self.model.set_gates(self.gates.deterministic())
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        count = 0
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast:
+                out = self.model(x)
+            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+            count += len(y)
+        return float(loss_sum) / count, float(correct) / count
+
+    def keep(self) -> list[bool]:
+        return [g == 1.0 and not s.pruned
+                for g, s in zip(self.gates.deterministic(), self.model.sections, strict=True)]
+
+    def metrics(self, seconds: float) -> dict:
+        val_loss, val_acc = self.evaluate(self.data.val)
+        train_loss, _ = self.evaluate(getattr(self.data, "train_eval", self.data.train))
+        keep = self.keep()
+        theta = self.gates.theta.tolist()
+        return {
+            "epoch": self.epoch,
+            "val_accuracy": val_acc,
+            "val_loss": val_loss,
+            "train_loss": train_loss,
+            "active_layers": sum(keep),
+            "total_layers": len(keep),
+            "undecided_layers": self.gates.undecided(),
+            "collapsed": int(self.gates.undecided() == 0),
+            "flops": self.flops.forward(keep),
+            "params": sum(p.numel() for p in self.model.parameters()) - self._dropped_params(keep),
+            "train_flops": self.train_flops,
+            "epoch_seconds": seconds,
+            "theta": [float(t) for t in theta],
+        }
+
+    def _dropped_params(self, keep: list[bool]) -> int:
+        """Parameters of sections still present but rounded to 0 (absent from the export)."""
+        return sum(
+            p.numel()
+            for k, s in zip(keep, self.model.sections, strict=True)
+            if not k and s.body is not None
+            for p in s.body.parameters()
+        )
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> None:
+        state = {
+            "epoch": self.epoch,
+            "pruned": [i for i, s in enumerate(self.model.sections) if s.pruned],
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "gates": self.gates.state_dict(),
+            "gate_rng": self.gates.generator.get_state(),
+            "train_flops": self.train_flops,
+            "history": self.history,
+            "pruned_at": self.pruned_at,
+        }
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
+
+    def load(self, folder: str | Path) -> None:
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=self.device,
+                           weights_only=True)
+        for i in state["pruned"]:
+            drop_parameters(self.optimizer, self.model.sections[i].prune())
+        self.gates.prior.refresh()
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.gates.load_state_dict(state["gates"])
+        self.gates.generator.set_state(state["gate_rng"].cpu())
+        self.epoch = state["epoch"]
+        self.train_flops = state["train_flops"]
+        self.history = state["history"]
+        self.pruned_at = {int(k): int(v) for k, v in state["pruned_at"].items()}
+
+
+def run_trial(
+    config: TrialConfig,
+    report: Report,
+    *,
+    checkpoint: bool = False,
+    resume_from: str | None = None,
+    data: DataBundle | None = None,
+) -> TrialResult:
+    """Train ``config`` for its epochs, calling ``report`` after each one.
+
+    With ``checkpoint`` each report carries a folder holding the whole trial state;
+    ``resume_from`` continues from such a folder.
+    """
+    trial = Trial(config, data)
+    if resume_from:
+        trial.load(resume_from)
+    while trial.epoch < config.epochs:
+        seconds, _ = trial.train_epoch()
+        metrics = trial.metrics(seconds)
+        trial.history.append(metrics)
+        if checkpoint:
+            with tempfile.TemporaryDirectory(prefix="layertune-ckpt-") as folder:
+                trial.save(folder)
+                report(metrics, folder)
+        else:
+            report(metrics, None)
+    test = None
+    if trial.data.test is not None:
+        loss, acc = trial.evaluate(trial.data.test)
+        test = {"accuracy": acc, "loss": loss}
+    return TrialResult(
+        config=config.model_dump(mode="json"),
+        history=trial.history,
+        pruned_at=trial.pruned_at,
+        test=test,
+        note=trial.data.note,
+        model=trial.model,
+        keep=trial.keep(),
+    )
+
+
+# --- optimiser helpers ------------------------------------------------------------------------
+
+
+def make_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
+    """Weight decay on kernels only; norms and biases are left alone, as usual."""
+    o = config.optimizer
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    rest = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": o.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    return torch.optim.AdamW(groups, lr=o.lr)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, config: TrialConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate factor: linear warm-up, then constant, cosine or step decay."""
+    o = config.optimizer
+    total = config.epochs * steps_per_epoch
+    warm = o.warmup_epochs * steps_per_epoch
+    milestones = [e * steps_per_epoch for e in o.step_epochs]
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if o.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+        if o.schedule == "step":
+            return 0.1 ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def drop_parameters(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+    """Take pruned parameters (and their momentum) out of the optimiser."""
+    gone = {id(p) for p in params}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in gone]
+    for p in params:
+        optimizer.state.pop(p, None)

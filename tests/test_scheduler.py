@@ -1,0 +1,212 @@
+"""GateCollapseScheduler driven by constructed result streams: each branch of the rule."""
+
+from __future__ import annotations
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from layertune.scheduler import (
+    STOP_REASON,
+    STOPPED_BY,
+    GateCollapseScheduler,
+    RecordingASHA,
+    StopReasonCallback,
+)
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+def trial(trial_id: str, **config) -> Trial:
+    return Trial("__fake", trial_id=trial_id, config=config, stub=True)
+
+
+def result(epoch: int, acc: float, active: int, undecided: int = 0, **extra) -> dict:
+    return {"epoch": epoch, "val_accuracy": acc, "active_layers": active, "total_layers": 8,
+            "undecided_layers": undecided, "collapsed": int(undecided == 0), **extra}
+
+
+def feed(s: GateCollapseScheduler, t: Trial, r: dict) -> str:
+    return s.on_trial_result(None, t, r)
+
+
+def make(**kw) -> GateCollapseScheduler:
+    defaults = dict(min_layers=1, chance_accuracy=0.1, chance_margin=0.05, grace_epochs=2,
+                    margin=0.01, decide_by=4, reduction_factor=2.0, max_t=20)
+    return GateCollapseScheduler(**{**defaults, **kw})
+
+
+def test_collapse_to_too_few_sections_is_degenerate_at_once():
+    s = make(min_layers=2)
+    a = trial("a")
+    assert feed(s, a, result(1, 0.8, 1)) == STOP
+    assert s.stops["a"][STOPPED_BY] == "degenerate"
+    assert "min_layers 2" in s.stops["a"][STOP_REASON]
+
+
+def test_zero_sections_with_min_layers_1_and_0():
+    s = make(min_layers=1)
+    assert feed(s, trial("a"), result(1, 0.5, 0)) == STOP
+    assert feed(s, trial("b"), result(1, 0.5, 1)) == CONTINUE
+    # min_layers 0 (the default): no sections left is a point of the front like any other
+    assert feed(GateCollapseScheduler(), trial("c"), result(1, 0.5, 0)) == CONTINUE
+
+
+def test_near_chance_only_after_grace_epochs():
+    s = make(grace_epochs=3)
+    a = trial("a")
+    assert feed(s, a, result(1, 0.12, 4)) == CONTINUE  # within grace
+    assert feed(s, a, result(2, 0.14, 4)) == CONTINUE
+    assert feed(s, a, result(3, 0.149, 4)) == STOP  # <= 0.1 + 0.05
+    assert s.stops["a"][STOPPED_BY] == "degenerate"
+    assert "chance" in s.stops["a"][STOP_REASON]
+
+
+def test_above_chance_band_is_not_degenerate():
+    s = make()
+    assert feed(s, trial("a"), result(3, 0.16, 4)) == CONTINUE
+
+
+def test_dominated_collapse_stops():
+    s = make(margin=0.02)
+    a, b = trial("a"), trial("b")
+    assert feed(s, a, result(1, 0.90, 3)) == CONTINUE
+    # b collapsed at epoch 1 with more sections and lower accuracy: dominated by a.
+    assert feed(s, b, result(1, 0.85, 5)) == STOP
+    assert s.stops["b"][STOPPED_BY] == "dominated"
+    assert "trial a at epoch 1" in s.stops["b"][STOP_REASON]
+
+
+def test_dominance_needs_the_margin_and_no_more_sections():
+    s = make(margin=0.02)
+    feed(s, trial("a"), result(1, 0.90, 3))
+    assert feed(s, trial("b"), result(1, 0.89, 5)) == CONTINUE  # lead 0.01 < margin
+    assert feed(s, trial("c"), result(1, 0.50, 2)) == CONTINUE  # fewer sections: not dominated
+    assert feed(s, trial("d"), result(1, 0.80, 3)) == STOP  # same sections, 0.1 behind
+
+
+def test_dominance_compares_the_same_epoch_only():
+    s = make()
+    feed(s, trial("a"), result(2, 0.95, 2))
+    assert feed(s, trial("b"), result(1, 0.60, 4)) == CONTINUE  # a has no epoch-1 result
+    assert feed(s, trial("b"), result(2, 0.60, 4)) == STOP
+
+
+def test_margin_zero_needs_strict_improvement():
+    s = make(margin=0.0)
+    feed(s, trial("a"), result(1, 0.9, 3))
+    assert feed(s, trial("b"), result(1, 0.9, 3)) == CONTINUE  # a tie is not dominance
+    assert feed(s, trial("c"), result(1, 0.9, 4)) == STOP
+
+
+def test_undecided_trial_runs_until_decide_by():
+    s = make(decide_by=4)
+    for i, acc in enumerate([0.9, 0.9, 0.9, 0.9], start=1):
+        feed(s, trial("good"), result(i, acc, 8, undecided=3))
+    low = trial("low")
+    for epoch in (1, 2, 3):
+        # undecided and far behind, even near chance: not judged before decide_by
+        assert feed(s, low, result(epoch, 0.11, 8, undecided=2)) == CONTINUE
+    assert feed(s, low, result(4, 0.11, 8, undecided=2)) == STOP
+    assert s.stops["low"][STOPPED_BY] == "asha"
+
+
+def test_asha_part_cuts_below_the_rung_quantile_and_keeps_the_rest():
+    s = make(decide_by=2, reduction_factor=2.0)
+    for name, acc in [("a", 0.5), ("b", 0.6), ("c", 0.7), ("d", 0.8)]:
+        feed(s, trial(name), result(1, acc, 8, undecided=4))
+        feed(s, trial(name), result(2, acc, 8, undecided=4))
+    # each arrives above the median of those before it: nobody is cut
+    assert s.stops == {}
+    s2 = make(decide_by=2, reduction_factor=2.0)
+    for name, acc in [("a", 0.8), ("b", 0.7), ("c", 0.6), ("d", 0.9)]:
+        feed(s2, trial(name), result(2, acc, 8, undecided=4))
+    # median cut: b (0.7 < 0.8) and c (0.6 < median of 0.8, 0.7) stop; d (0.9) continues
+    assert set(s2.stops) == {"b", "c"}
+    assert all(v[STOPPED_BY] == "asha" for v in s2.stops.values())
+
+
+def test_asha_rungs_follow_the_reduction_factor():
+    s = make(decide_by=2, reduction_factor=3.0, max_t=100)
+    assert [e for e in range(1, 40) if s._rung(e) is not None] == [2, 6, 18]
+
+
+def test_collapsed_trials_are_not_judged_by_asha():
+    s = make(decide_by=2)
+    feed(s, trial("a"), result(2, 0.9, 8, undecided=3))
+    # collapsed with few sections and lower accuracy: not dominated (fewer sections), no ASHA
+    assert feed(s, trial("b"), result(2, 0.7, 2)) == CONTINUE
+
+
+def test_last_epoch_is_never_a_stop():
+    s = make(max_t=3)
+    feed(s, trial("a"), result(3, 0.95, 2))
+    assert feed(s, trial("b"), result(3, 0.50, 4)) == CONTINUE  # would be dominated
+    # a searched epochs in the trial's config wins over max_t
+    feed(s, trial("c", epochs=5), result(2, 0.95, 2))
+    assert feed(s, trial("d", epochs=2), result(2, 0.50, 4)) == CONTINUE
+    assert feed(s, trial("e", epochs=5), result(2, 0.50, 4)) == STOP
+
+
+def test_done_result_and_repeats_do_not_stop():
+    s = make()
+    feed(s, trial("a"), result(1, 0.9, 2))
+    b = trial("b")
+    assert feed(s, b, result(1, 0.5, 4, done=True)) == CONTINUE
+    assert feed(s, b, result(1, 0.5, 4)) == CONTINUE  # the same epoch again
+
+
+def test_stopped_trial_stays_stopped():
+    s = make()
+    a = trial("a")
+    assert feed(s, a, result(1, 0.9, 0)) == STOP
+    assert feed(s, a, result(2, 0.9, 3)) == STOP
+    assert s.stops["a"]["epoch"] == 1
+
+
+def test_results_without_the_metrics_are_ignored():
+    s = make()
+    assert feed(s, trial("a"), {"epoch": 1}) == CONTINUE
+    assert feed(s, trial("a"), {"val_accuracy": 0.1, "active_layers": 0}) == CONTINUE
+
+
+def test_stop_reason_callback_writes_into_the_result():
+    s = make()
+    a, b = trial("a"), trial("b")
+    feed(s, a, result(1, 0.9, 0))
+    cb = StopReasonCallback(s)
+    stored = result(1, 0.9, 0)
+    cb.on_trial_result(iteration=1, trials=[a], trial=a, result=stored)
+    assert stored[STOPPED_BY] == "degenerate" and stored[STOP_REASON]
+    other = result(1, 0.9, 3)
+    cb.on_trial_result(iteration=1, trials=[b], trial=b, result=other)
+    assert STOPPED_BY not in other
+
+
+def test_scheduler_state_survives_save_and_restore(tmp_path):
+    s = make()
+    feed(s, trial("a"), result(1, 0.9, 0))
+    s.save(str(tmp_path / "s.pkl"))
+    s2 = make()
+    s2.restore(str(tmp_path / "s.pkl"))
+    assert s2.stops == s.stops
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        GateCollapseScheduler(reduction_factor=1.0)
+    with pytest.raises(ValueError):
+        GateCollapseScheduler(decide_by=0)
+
+
+def test_recording_asha_records_its_stops_and_not_the_last_rung():
+    s = RecordingASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=4,
+                      grace_period=1, reduction_factor=2)
+    trials = [trial(n) for n in "abcd"]
+    for t in trials:
+        s.on_trial_add(None, t)
+    for t, acc in zip(trials, [0.9, 0.8, 0.7, 0.95], strict=True):
+        s.on_trial_result(None, t, result(1, acc, 8, undecided=2))
+    assert {k: v[STOPPED_BY] for k, v in s.stops.items()} == {"b": "asha", "c": "asha"}
+    # reaching max_t is not a stop (stop_last_trials=False)
+    assert s.on_trial_result(None, trials[3], result(4, 0.95, 8, undecided=2)) == CONTINUE

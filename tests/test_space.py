@@ -1,0 +1,187 @@
+"""Search-space YAML: the shipped files load; bad files give one line naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from layertune.config import ConfigError, validate
+from layertune.space import (
+    DefineByRun,
+    check_parameters,
+    load_space,
+    make_sampler,
+    max_epochs,
+    parse_space,
+)
+
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+# A trial config each shipped space is meant for (small, so validation is all that happens).
+TRIALS = {
+    "cnn1d": {"data": {"name": "mnist1d"}, "model": {"name": "cnn1d", "depth": 8}},
+    "mlp": {"data": {"name": "digits"}, "model": {"name": "mlp", "depth": 4}},
+    "lenet5": {"data": {"name": "mnist"}, "model": {"name": "lenet5"}},
+    "vgg16": {"data": {"name": "cifar10"}, "model": {"name": "vgg16"}},
+    "resnet": {"data": {"name": "cifar10"}, "model": {"name": "resnet20"}},
+    "default": {"data": {"name": "digits"}, "model": {"name": "mlp"}},
+}
+
+
+def test_every_file_is_shipped():
+    assert {p.stem for p in SPACES.glob("*.yaml")} >= set(TRIALS)
+
+
+@pytest.mark.parametrize("name", sorted(TRIALS))
+def test_shipped_spaces_load_and_fit_their_trials(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    check_parameters(space, validate(TRIALS[name], "test"), f"{name}.yaml")
+    assert space.metrics[0] == "val_accuracy" and space.modes[0] == "max"
+
+
+def test_the_demo_space_fits_the_demo_trial():
+    from layertune.config import load_trial
+
+    trial = load_trial(SPACES.parent / "trials" / "mnist1d_cnn.yaml")
+    check_parameters(load_space(SPACES / "cnn1d.yaml"), trial, "cnn1d.yaml")
+
+
+def test_defaults():
+    space = parse_space({"parameters": {"optimizer.lr": {"type": "float", "low": 0.01,
+                                                          "high": 0.1}}}, "x.yaml")
+    assert space.metrics == ["val_accuracy", "active_layers"]
+    assert space.modes == ["max", "min"]
+    assert space.sampler.name == "nsga2" and space.sampler.seed == 0
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+BAD = [
+    # (yaml, words the one-line message must hold)
+    ("parameters: {}\n", ["parameters"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.1, high: 0.01}\n",
+     ["parameters.optimizer.lr", "below high"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0, high: 1, log: true}\n",
+     ["parameters.optimizer.lr", "low > 0"]),
+    ("parameters:\n  optimizer.lr: {type: real, low: 0, high: 1}\n",
+     ["parameters.optimizer.lr", "float"]),
+    ("parameters:\n  optimizer.lr: {low: 0, high: 1}\n", ["parameters.optimizer.lr", "type"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1, steps: 3}\n",
+     ["parameters.optimizer.lr.steps", "unknown key"]),
+    ("parameters:\n  model.width: {type: categorical, choices: []}\n",
+     ["parameters.model.width.choices"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "objectives: [{metric: accuracy, mode: max}]\n", ["objectives.0.metric", "val_accuracy"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "objectives: [{metric: val_accuracy, mode: maximize}]\n", ["objectives.0.mode", "max"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "objectives: [{metric: flops, mode: min}, {metric: flops, mode: min}]\n",
+     ["objectives", "twice"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "sampler: {name: cmaes}\n", ["sampler.name", "nsga2"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "sampler: {name: tpe, population_size: 8}\n", ["sampler", "nsga2"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "scheduler: {reduction_factor: 1}\n", ["scheduler.reduction_factor"]),
+    ("parameters: [1, 2]\n", ["parameters"]),
+    ("- just a list\n", ["(top level)"]),
+    ("parameters: {a: [}\n", ["line"]),
+]
+
+
+@pytest.mark.parametrize(("text", "words"), BAD)
+def test_bad_files_give_one_line_naming_file_and_key(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(path))
+    for w in words:
+        assert w in msg, msg
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_space(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("param", "words"),
+    [
+        ("method.no_such_knob: {type: float, low: 0.1, high: 1}", ["method.no_such_knob",
+                                                                   "unknown key"]),
+        ("method.spike_ratio: {type: float, low: 0.1, high: 2.0}", ["method.spike_ratio"]),
+        ("model.width: {type: int, low: 8, high: 64}", ["model.width", "unknown key"]),
+        ("optimizer.name: {type: categorical, choices: [sgd, lbfgs]}", ["optimizer.name",
+                                                                        "lbfgs"]),
+    ],
+)
+def test_keys_and_ranges_are_checked_against_the_trial_config(tmp_path, param, words):
+    path = write(tmp_path, f"parameters:\n  {param}\n")
+    trial = validate(TRIALS["cnn1d"], "t.yaml")  # cnn1d has no model.width
+    with pytest.raises(ConfigError) as info:
+        check_parameters(load_space(path), trial, str(path))
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(str(path))
+    for w in words:
+        assert w in msg, msg
+
+
+def test_define_by_run_suggests_every_parameter_in_range():
+    space = parse_space({"parameters": {
+        "optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True},
+        "model.depth": {"type": "int", "low": 2, "high": 8, "step": 2},
+        "optimizer.name": {"type": "categorical", "choices": ["sgd", "adamw"]},
+    }}, "x.yaml")
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=make_sampler(space.sampler, seed=3))
+    fn = DefineByRun(space)
+    for _ in range(10):
+        t = study.ask()
+        fn(t)
+        p = t.params
+        assert 0.01 <= p["optimizer.lr"] <= 0.1
+        assert p["model.depth"] in (2, 4, 6, 8)
+        assert p["optimizer.name"] in ("sgd", "adamw")
+        study.tell(t, [0.5, 3])
+
+
+def test_random_sampler_with_a_seed_repeats_its_configurations():
+    space = load_space(SPACES / "cnn1d.yaml")
+    runs = []
+    for _ in range(2):
+        sampler = make_sampler(space.sampler.model_copy(update={"name": "random",
+                                                                "population_size": None}), 7)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        params = []
+        for i in range(4):
+            t = study.ask()
+            DefineByRun(space)(t)
+            params.append(t.params)
+            study.tell(t, [0.1 * i, 8 - i])
+        runs.append(params)
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("name", ["nsga2", "tpe", "random"])
+def test_samplers(name):
+    from layertune.space import SamplerConfig
+
+    assert isinstance(make_sampler(SamplerConfig(name=name)), optuna.samplers.BaseSampler)
+
+
+def test_max_epochs_sees_a_searched_epochs():
+    trial = validate({**TRIALS["cnn1d"], "epochs": 7}, "t")
+    base = parse_space({"parameters": {"optimizer.lr": {"type": "float", "low": 0.01,
+                                                         "high": 0.1}}}, "x")
+    assert max_epochs(base, trial) == 7
+    searched = parse_space({"parameters": {"epochs": {"type": "int", "low": 3, "high": 12}}},
+                           "x")
+    assert max_epochs(searched, trial) == 12
