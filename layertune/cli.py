@@ -37,8 +37,8 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"layertune train {args.trial} -> {out}", flush=True)
     try:
         result = run_trial(config, lambda m, _: _print_epoch(m, config.epochs))
-    except (DataError, ValueError) as err:
-        raise ConfigError(str(err)) from None
+    except DataError as err:  # raised while loading, before any training
+        raise ConfigError(f"{args.trial}: data: {err}") from None
     except TrialDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -142,7 +142,13 @@ def _format(err: ValidationError, source: str) -> str:
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
-    elif e["type"] == "union_tag_invalid" or e["type"] == "literal_error":
+    elif e["type"] == "union_tag_invalid":
+        tags = e.get("ctx", {}).get("expected_tags", "")
+        loc.append(e.get("ctx", {}).get("discriminator", "'name'").strip("'"))
+        key = ".".join(loc)
+        msg = f"unknown {loc[0]} {e['ctx']['tag']!r}; allowed: {tags}"
+        return f"{source}: {key}: {msg}"
+    elif e["type"] == "literal_error":
         msg = msg.replace("Input tag", "value").replace("Input should be", "allowed:")
     got = e.get("input")
     if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict):

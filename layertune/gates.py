@@ -124,8 +124,9 @@ class GateController:
         return diffs
 
     @torch.no_grad()
-    def update(self, data_grad: Tensor, lr: float) -> list[nn.Parameter]:
-        """Prior step on the weights, projected SGD on ``theta``, the pruning rule."""
+    def update(self, data_grad: Tensor, lr: float, schedule: float = 1.0) -> list[nn.Parameter]:
+        """Prior step on the weights (step size ``lr``), projected SGD on ``theta`` (step
+        ``theta_lr * schedule``, following the weights' learning-rate schedule), pruning rule."""
         self.steps += 1
         q = self.prior.quadratic()
         rent = self.prior.rent(q)
@@ -134,7 +135,7 @@ class GateController:
         grad = host[:num] + host[num:]
         self.prior.shrink_(q, self.theta.to(q.device, torch.float32), lr)
         alive = torch.tensor([not s.pruned for s in self.sections])
-        self.theta = torch.where(alive, (self.theta - self.theta_lr * grad).clamp(0.0, 1.0), 0.0)
+        self.theta = torch.where(alive, (self.theta - self.theta_lr * schedule * grad).clamp(0.0, 1.0), 0.0)
         # Pruning rule: theta at exactly 0 and the spike already preferred, for `patience` steps.
         holding = alive & (self.theta == 0.0) & (host[num:] > 0.0)
         self.streak = torch.where(holding, self.streak + 1, torch.zeros_like(self.streak))

@@ -69,24 +69,33 @@ def _mlp(cfg: MLPConfig, in_shape: tuple[int, ...], num_classes: int) -> Layers:
         return nn.Sequential(nn.Linear(w, w), nn.ReLU())
 
     stem: Layers = [nn.Flatten(), nn.Linear(math.prod(in_shape), w), nn.ReLU()]
-    return stem + [GatedSection(body()) for _ in range(cfg.depth)] + [nn.Linear(w, num_classes)]
+    # the residual stream grows with every section; normalising it before the head keeps the
+    # logits' scale independent of how many sections remain (as in cnn1d)
+    head: Layers = [nn.BatchNorm1d(w), nn.Linear(w, num_classes)]
+    return stem + [GatedSection(body()) for _ in range(cfg.depth)] + head
 
 
 def _cnn1d(cfg: CNN1dConfig, in_shape: tuple[int, ...], num_classes: int) -> Layers:
-    """Conv1d-BN-ReLU stem, ``depth`` same-padded Conv1d-BN-ReLU sections, Linear head."""
+    """Conv1d stem, ``depth`` pre-activation BN-ReLU-Conv1d sections, BN-ReLU-pool-Linear head.
+
+    Pre-activation (He et al. 2016b) puts the kernel last in each section, so the prior on the
+    section's weights sets its output scale (no normalisation after it undoes a shrink), and the
+    residual stream only grows linearly with depth, so 16 sections train as well as 8.
+    """
     _need_dims("cnn1d", in_shape, 2, "(channels, length)")
     c, k = cfg.channels, cfg.kernel_size
 
-    def conv(c_in: int, bias: bool) -> nn.Conv1d:
+    def conv(c_in: int) -> nn.Conv1d:
         # padding="same" also keeps the length for even kernels (torch pads asymmetrically)
-        return nn.Conv1d(c_in, c, k, padding="same", bias=bias)
+        return nn.Conv1d(c_in, c, k, padding="same")
 
-    stem: Layers = [conv(in_shape[0], True), nn.BatchNorm1d(c), nn.ReLU()]
     sections: Layers = [
-        GatedSection(nn.Sequential(conv(c, False), nn.BatchNorm1d(c), nn.ReLU()))
-        for _ in range(cfg.depth)
+        GatedSection(nn.Sequential(nn.BatchNorm1d(c), nn.ReLU(), conv(c))) for _ in range(cfg.depth)
     ]
-    return stem + sections + [nn.Flatten(), nn.Linear(c * in_shape[1], num_classes)]
+    head: Layers = [
+        nn.BatchNorm1d(c), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, num_classes)
+    ]
+    return [conv(in_shape[0])] + sections + head
 
 
 def _lenet5(cfg: LeNet5Config, in_shape: tuple[int, ...], num_classes: int) -> Layers:

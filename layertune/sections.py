@@ -68,17 +68,17 @@ class GatedSection(nn.Module):
         return self.post(s + f)
 
     def prior_tensors(self) -> list[tuple[Tensor, float]]:
-        """The tensors that set the section's output scale, each with its initial scale.
+        """The section's weights ``W_l``, each tensor with its initial scale.
 
-        A normalisation undoes the scale of everything before it, so a prior on those tensors
-        could be met by shrinking them at no cost to the function. Counted: the affine scale and
-        shift of the body's last normalisation (scale 1) and every conv/linear kernel and bias
-        after it (scale sqrt(2 / fan_in), as in He init); with no normalisation, every kernel.
-        Body modules must be registered in forward order.
+        Every conv/linear kernel and bias (scale sqrt(2 / fan_in), as in He init) and the affine
+        scale and shift of the body's last normalisation (scale 1). A normalisation undoes the
+        scale of the kernels before it, so without its affine parameters the prior could be met
+        by shrinking those kernels at no cost to the function.
         """
         if self.body is None:
             return []
         out: list[tuple[Tensor, float]] = []
+        last_norm: nn.Module | None = None
         for m in self.body.modules():
             if isinstance(m, _KERNELS):
                 scale = math.sqrt(2.0 / fan_in(m))
@@ -86,7 +86,9 @@ class GatedSection(nn.Module):
                 if m.bias is not None:
                     out.append((m.bias, scale))
             elif isinstance(m, _NORMS) and getattr(m, "weight", None) is not None:
-                out = [(m.weight, 1.0), (m.bias, 1.0)]
+                last_norm = m
+        if last_norm is not None:
+            out += [(last_norm.weight, 1.0), (last_norm.bias, 1.0)]
         return out
 
 

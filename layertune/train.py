@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import TrialConfig
+from .config import ConfigError, TrialConfig
 from .data import DataBundle, load_data
 from .flops import FlopTable, flop_table
 from .gates import GateController
@@ -64,7 +64,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name} asked for, but torch sees no CUDA device")
+        raise ConfigError(f"device: {name} asked for, but torch sees no CUDA device (use auto or cpu)")
     return device
 
 
@@ -99,6 +99,7 @@ class Trial:
         self.optimizer = make_optimizer(self.model, config)
         steps_per_epoch = len(self.data.train)
         self.scheduler = make_schedule(self.optimizer, config, steps_per_epoch)
+        self.base_lr = config.optimizer.lr
         self.epoch = 0
         self.train_flops = 0.0
         self.history: list[dict] = []
@@ -123,7 +124,9 @@ class Trial:
             data_grad = self.gates.data_gradient(z, loss, x, y)
         self.optimizer.step()
         if learned:
-            removed = self.gates.update(data_grad, self.optimizer.param_groups[0]["lr"])
+            removed = self.gates.update(
+                data_grad, self._prior_step_size(), self.scheduler.get_last_lr()[0] / self.base_lr
+            )
             if removed:
                 drop_parameters(self.optimizer, removed)
                 for i in self.gates.pruned_at_step:
@@ -131,6 +134,15 @@ class Trial:
         self.scheduler.step()
         self.train_flops += self.flops.training_step([zi == 1.0 for zi in z], len(y))
         return loss.detach()
+
+    def _prior_step_size(self) -> float:
+        """The step the data gradient effectively takes, so data and prior balance as in J.
+
+        SGD with momentum ``m`` moves ``lr / (1 - m)`` per unit of steady gradient.
+        """
+        group = self.optimizer.param_groups[0]
+        momentum = group.get("momentum", 0.0) if self.config.optimizer.name == "sgd" else 0.0
+        return group["lr"] / (1.0 - momentum)
 
     def _fixed_gates(self) -> list[float]:
         z = [0.0 if s.pruned else 1.0 for s in self.model.sections]

@@ -36,16 +36,6 @@ CASES = {
 params = pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these nets run thousands of tiny ops; on a shared CPU box every intra-op parallel region
-    # waits for a descheduled worker thread, which made this file 7x slower under load
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _build(case: str, seed: int = 0) -> GatedNetwork:
     torch.manual_seed(seed)
     cfg, in_shape, *_ = CASES[case]
@@ -204,7 +194,7 @@ def test_feature_map_before_head(case: str, feature_shape: tuple[int, ...]) -> N
     net = _build(case)
     layers = list(net.layers)
     after = layers[layers.index(net.sections[-1]) + 1 :]
-    first_head = next(m for m in after if isinstance(m, (nn.AdaptiveAvgPool2d, nn.Flatten)))
+    first_head = next(m for m in after if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten)))
     seen: list[torch.Size] = []
     first_head.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[1:]))
     net.eval()

@@ -1,0 +1,187 @@
+"""ALGORITHM.md section 6, properties 2-5: removal, affinity, estimator, weights to zero."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_models import CASES, _batch, _build
+
+from layertune.config import MLPConfig
+from layertune.export import compact
+from layertune.gates import GateController
+from layertune.models import build_model
+from layertune.prior import PriorSettings, energies
+from layertune.sections import GatedNetwork
+
+SETTINGS = PriorSettings(prior_scale=1.0, spike_ratio=0.1, hyperprior_strength=1.0,
+                         prior_weight=1.0, num_train=100)
+
+
+def _tiny(depth: int = 3, width: int = 6, seed: int = 0, body_scale: float = 1.0) -> GatedNetwork:
+    torch.manual_seed(seed)
+    net = build_model(MLPConfig(name="mlp", depth=depth, width=width), (5,), 3)
+    with torch.no_grad():
+        for p in net.section_parameters():
+            p.mul_(body_scale)
+    return net.eval()
+
+
+def _data(n: int = 64, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+@torch.no_grad()
+def _loss(net: GatedNetwork, z: tuple[float, ...], x, y) -> float:
+    net.set_gates(list(z))
+    return float(F.cross_entropy(net(x), y))
+
+
+def _expected_loss(net: GatedNetwork, theta: list[float], x, y) -> float:
+    """E_z[L(z)] over all 2^L gate settings, z_l ~ Bernoulli(theta_l)."""
+    total = 0.0
+    for z in itertools.product((0.0, 1.0), repeat=len(theta)):
+        p = 1.0
+        for zi, t in zip(z, theta, strict=True):
+            p *= t if zi else 1.0 - t
+        total += p * _loss(net, z, x, y)
+    return total
+
+
+# --- property 2: exact removal ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_compact_network_equals_gated_network(case: str) -> None:
+    net = _build(case)
+    x, _ = _batch(case)
+    with torch.no_grad():  # non-trivial running statistics, so eval-mode BN is not the identity
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    keep = [i % 3 != 1 for i in range(len(net.sections))]  # removes a third, projections too
+    net.eval()
+    net.set_gates([float(k) for k in keep])
+    with torch.no_grad():
+        gated = net(x)
+        small = compact(net, keep)(x)
+    assert (gated - small).abs().max().item() <= 1e-5
+    assert sum(p.numel() for p in compact(net, keep).parameters()) < sum(
+        p.numel() for p in net.parameters()
+    )
+
+
+# --- property 3: affinity ---------------------------------------------------------------------
+
+
+def test_expected_objective_is_affine_in_each_gate() -> None:
+    net = _tiny()
+    x, y = _data()
+    base = [0.3, 0.6, 0.8]
+    for layer in range(3):
+        values = []
+        for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+            theta = list(base)
+            theta[layer] = t
+            values.append(_expected_loss(net, theta, x, y))
+        slopes = [b - a for a, b in itertools.pairwise(values)]
+        assert max(slopes) - min(slopes) < 1e-6 * max(1.0, abs(slopes[0]))
+        assert abs(slopes[0]) > 1e-4  # the gate matters, so the check is not vacuous
+    # the prior part is theta R1 + (1 - theta) R0, affine by construction; its slope is R1 - R0
+    r1, r0 = energies(torch.tensor([5.0]), torch.tensor([10.0]), 0.1, 1.0)
+    assert torch.isfinite(r1 - r0).all()
+
+
+# --- property 4: estimators -------------------------------------------------------------------
+
+
+def _enumerated_difference(net: GatedNetwork, theta: list[float], x, y) -> list[float]:
+    """E[L | z_l = 1] - E[L | z_l = 0] by enumeration."""
+    out = []
+    for layer in range(len(theta)):
+        on, off = list(theta), list(theta)
+        on[layer], off[layer] = 1.0, 0.0
+        out.append(_expected_loss(net, on, x, y) - _expected_loss(net, off, x, y))
+    return out
+
+
+def _mean_estimate(net: GatedNetwork, theta: list[float], estimator: str, x, y) -> list[float]:
+    """The estimator's exact mean: its value under every z, weighted by P(z)."""
+    gates = GateController(net, SETTINGS, theta_lr=0.1, estimator=estimator)
+    gates.theta = torch.tensor(theta, dtype=torch.float64)
+    mean = torch.zeros(len(theta), dtype=torch.float64)
+    for z in itertools.product((0.0, 1.0), repeat=len(theta)):
+        p = 1.0
+        for zi, t in zip(z, theta, strict=True):
+            p *= t if zi else 1.0 - t
+        probe = torch.zeros(len(theta), requires_grad=True)
+        gates._probe = probe
+        net.set_gates(list(z), probe=probe if estimator == "first_order" else None)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        mean += p * gates.data_gradient(list(z), loss, x, y).double()
+    return mean.tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_first_order_estimator_agrees_with_enumeration_for_small_sections(seed: int) -> None:
+    """Its mean is dE[L]/dz_l at z_l = 1; the exact difference integrates that slope over z_l,
+    so the two agree to first order in the section's output (checked at 3 % of He scale)."""
+    net = _tiny(seed=seed, body_scale=0.03)
+    x, y = _data(seed=seed + 10)
+    theta = [0.9, 0.6, 0.75]
+    exact = _enumerated_difference(net, theta, x, y)
+    estimate = _mean_estimate(net, theta, "first_order", x, y)
+    for e, g in zip(exact, estimate, strict=True):
+        assert (e > 0) == (g > 0)
+        assert abs(g - e) <= 0.15 * abs(e)
+
+
+def test_exact_estimator_matches_enumeration() -> None:
+    net = _tiny(body_scale=1.0)
+    x, y = _data()
+    theta = [0.9, 0.4, 0.7]
+    exact = _enumerated_difference(net, theta, x, y)
+    estimate = _mean_estimate(net, theta, "exact", x, y)
+    assert estimate == pytest.approx(exact, abs=1e-5)
+
+
+# --- property 5: weights to zero --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_section_held_at_zero_shrinks_monotonically(case: str) -> None:
+    net = _build(case)
+    gates = GateController(net, SETTINGS, theta_lr=0.1, patience=10**6)
+    gates.theta[0] = 0.0
+    tensors = [t for t, _ in net.sections[0].prior_tensors()]
+    norms = []
+    for _ in range(200):
+        norms.append(torch.sqrt(sum(t.detach().pow(2).sum() for t in tensors)).item())
+        # z_0 = 0 always, so section 0 gets no data gradient: only the prior acts on it
+        gates.update(torch.zeros(len(net.sections)), lr=0.5)
+    assert all(b < a or a == 0.0 for a, b in itertools.pairwise(norms))
+    assert norms[-1] < 1e-3 * norms[0]
+    assert gates.theta[0].item() == 0.0
+
+
+def test_section_held_at_zero_shrinks_while_the_network_trains() -> None:
+    """The same through real training steps (SGD with momentum and weight decay)."""
+    from layertune.config import load_trial
+    from layertune.train import Trial
+
+    config = load_trial("trials/digits_mlp.yaml", {"method.prune_patience": 10**6})
+    trial = Trial(config)
+    tensors = [t for t, _ in trial.model.sections[2].prior_tensors()]
+    norms = []
+    batches = [b for _ in range(6) for b in trial.data.train]
+    for x, y in batches:
+        trial.gates.theta[2] = 0.0  # held there: z_2 is never drawn as 1
+        norms.append(torch.sqrt(sum(t.detach().pow(2).sum() for t in tensors)).item())
+        trial.step(x, y)
+    assert all(b < a for a, b in itertools.pairwise(norms))
+    assert norms[-1] < 0.5 * norms[0]
