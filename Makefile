@@ -14,7 +14,7 @@ $(BIN)/layertune: pyproject.toml
 	touch $@
 
 demo: $(BIN)/layertune
-	$(BIN)/layertune train trials/mnist1d_cnn.yaml --out runs/demo
+	$(BIN)/layertune sweep trials/mnist1d_cnn.yaml --space search_spaces/cnn1d.yaml --samples 16
 
 test: $(BIN)/layertune
 	$(BIN)/ruff check layertune tests benchmarks

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (default runs/<trial name>)")
     t.add_argument("--seed", type=int, help="random seed (overrides the YAML)")
     t.set_defaults(func=train_command)
+    from .sweep import add_sweep_arguments, sweep_command
+
+    w = sub.add_parser("sweep", help="search the method's knobs: Ray Tune + Optuna + gate collapse")
+    add_sweep_arguments(w)
+    w.set_defaults(func=sweep_command)
     return parser
 
 

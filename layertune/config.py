@@ -174,7 +174,9 @@ def read_yaml(path: str | Path) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(parse)"
-        raise ConfigError(f"{path}: {where}: not valid YAML ({getattr(err, 'problem', err)})")
+        raise ConfigError(
+            f"{path}: {where}: not valid YAML ({getattr(err, 'problem', err)})"
+        ) from None
 
 
 def load_trial(path: str | Path, overrides: dict[str, Any] | None = None) -> TrialConfig:

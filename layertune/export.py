@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,7 +65,9 @@ def save_compact(model: GatedNetwork, keep: list[bool], stem: str | Path) -> dic
         "state_dict": str(stem.with_suffix(".state.pt")),
         "architecture": str(stem.with_suffix(".json")),
     }
-    torch.jit.script(net).save(paths["torchscript"])
+    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; it is still the
+        warnings.simplefilter("ignore", FutureWarning)  # format users can load without our code
+        torch.jit.script(net).save(paths["torchscript"])
     torch.save(net.state_dict(), paths["state_dict"])
     arch = {"spec": model.spec, "keep": [bool(k) for k in keep]}
     Path(paths["architecture"]).write_text(json.dumps(arch, indent=2))

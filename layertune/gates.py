@@ -135,7 +135,8 @@ class GateController:
         grad = host[:num] + host[num:]
         self.prior.shrink_(q, self.theta.to(q.device, torch.float32), lr)
         alive = torch.tensor([not s.pruned for s in self.sections])
-        self.theta = torch.where(alive, (self.theta - self.theta_lr * schedule * grad).clamp(0.0, 1.0), 0.0)
+        step = self.theta_lr * schedule * grad
+        self.theta = torch.where(alive, (self.theta - step).clamp(0.0, 1.0), 0.0)
         # Pruning rule: theta at exactly 0 and the spike already preferred, for `patience` steps.
         holding = alive & (self.theta == 0.0) & (host[num:] > 0.0)
         self.streak = torch.where(holding, self.streak + 1, torch.zeros_like(self.streak))

@@ -93,7 +93,8 @@ def _cnn1d(cfg: CNN1dConfig, in_shape: tuple[int, ...], num_classes: int) -> Lay
         GatedSection(nn.Sequential(nn.BatchNorm1d(c), nn.ReLU(), conv(c))) for _ in range(cfg.depth)
     ]
     head: Layers = [
-        nn.BatchNorm1d(c), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, num_classes)
+        nn.BatchNorm1d(c), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+        nn.Linear(c, num_classes),
     ]
     return [conv(in_shape[0])] + sections + head
 

@@ -39,7 +39,7 @@ def energies(q: Tensor, n: Tensor, rho: float, h: float) -> tuple[Tensor, Tensor
 
 
 def decay_coefficient(q: Tensor, n: Tensor, theta: Tensor, rho: float, h: float) -> Tensor:
-    """``d/dQ [theta R_1 + (1 - theta) R_0]``: the adaptive weight decay, before ``2 / (sigma s)^2``."""
+    """``d/dQ [theta R_1 + (1 - theta) R_0]``: the adaptive decay, before ``2 / (sigma s)^2``."""
     a = n * (1.0 + h) / (2.0 * h)
     slab = a / (n / h + q)
     spike = a / (n * rho**2 / h + q)

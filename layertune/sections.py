@@ -132,7 +132,7 @@ def fan_in(m: nn.Module) -> int:
 
 
 def he_init(module: nn.Module) -> None:
-    """He-normal kernels, zero biases, unit norms: the scale the prior's ``sigma`` is relative to."""
+    """He-normal kernels, zero biases, unit norms: the scale ``sigma`` is relative to."""
     for m in module.modules():
         if isinstance(m, _KERNELS):
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_in(m)))

@@ -64,7 +64,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name} asked for, but torch sees no CUDA device (use auto or cpu)")
+        raise ConfigError(
+            f"device: {name} asked for, but torch sees no CUDA device (use auto or cpu)"
+        )
     return device
 
 

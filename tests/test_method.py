@@ -185,3 +185,39 @@ def test_section_held_at_zero_shrinks_while_the_network_trains() -> None:
         trial.step(x, y)
     assert all(b < a for a, b in itertools.pairwise(norms))
     assert norms[-1] < 0.5 * norms[0]
+
+
+# --- properties 1 and 6, reduced: one seed of reference experiment (a) ----------------------
+
+
+@pytest.fixture(scope="module")
+def reference_a():
+    from layertune.config import load_trial
+    from layertune.train import run_trial
+
+    learned = run_trial(load_trial("trials/mnist1d_cnn.yaml"), lambda m, c: None)
+    fixed = run_trial(load_trial("trials/mnist1d_cnn.yaml", {"method.gates": "fixed"}),
+                      lambda m, c: None)
+    return learned, fixed
+
+
+def test_reference_a_prunes_half_and_keeps_accuracy(reference_a) -> None:
+    learned, fixed = reference_a
+    final = learned.final
+    assert final["active_layers"] <= final["total_layers"] // 2
+    assert final["active_layers"] >= 1
+    assert final["val_accuracy"] >= fixed.final["val_accuracy"] - 0.015
+
+
+def test_reference_a_reports_undecided_gates_and_pruned_gates_are_zero(reference_a) -> None:
+    learned, _ = reference_a
+    for h in learned.history:
+        assert h["undecided_layers"] == sum(0.0 < t < 1.0 for t in h["theta"])
+    assert learned.pruned_at and all(learned.final["theta"][i] == 0.0 for i in learned.pruned_at)
+
+
+@pytest.mark.xfail(strict=True, reason="property 1 does not hold yet: kept gates that balance "
+                   "end slightly inside (0, 1); docs/algorithm.md departure 4, docs/results.md")
+def test_reference_a_every_gate_ends_at_0_or_1(reference_a) -> None:
+    learned, _ = reference_a
+    assert learned.final["undecided_layers"] == 0

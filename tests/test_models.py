@@ -194,7 +194,8 @@ def test_feature_map_before_head(case: str, feature_shape: tuple[int, ...]) -> N
     net = _build(case)
     layers = list(net.layers)
     after = layers[layers.index(net.sections[-1]) + 1 :]
-    first_head = next(m for m in after if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten)))
+    heads = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten)
+    first_head = next(m for m in after if isinstance(m, heads))
     seen: list[torch.Size] = []
     first_head.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[1:]))
     net.eval()

@@ -1,0 +1,133 @@
+"""Cost of the gates: a training step of the gated network with every gate at 1 against the
+same network without gates, and inference of the compact network against the full one.
+
+Prints a table, writes benchmarks/out/overhead.json and the "overhead" section of
+docs/results.md. Target: gated / plain step time <= 1.05.
+
+    .venv/bin/python benchmarks/overhead.py [--device cpu|cuda] [--steps 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+import torch.nn.functional as F
+
+from layertune.config import load_trial
+from layertune.export import compact
+from layertune.train import Trial, make_optimizer
+
+try:
+    from results_table import write_section
+except ImportError:
+    from benchmarks.results_table import write_section
+
+OUT = Path(__file__).resolve().parent / "out"
+CASES = {  # name: (trial file, overrides)
+    "cnn1d-8 / MNIST-1D, batch 100": ("trials/mnist1d_cnn.yaml", {}),
+    "mlp-12 / MNIST, batch 100": ("trials/mnist_mlp.yaml", {}),
+    "resnet20 / synthetic 32x32, batch 128": (
+        "trials/cifar10_resnet56.yaml",
+        {"model.name": "resnet20", "data.name": "synthetic", "data.root": None,
+         "data.synthetic_samples": 1024, "bf16": False, "channels_last": False},
+    ),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, batches, device, repeats: int) -> float:
+    """Median seconds per call over ``repeats`` passes of ``batches`` (after one warm-up)."""
+    times = []
+    for r in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        for x, y in batches:
+            fn(x, y)
+        _sync(device)
+        if r:
+            times.append((time.perf_counter() - start) / len(batches))
+    return median(times)
+
+
+def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int) -> dict:
+    config = load_trial(trial_file, {**overrides, "device": device,
+                                     "method.prune_patience": 10**9, "method.theta_lr": 1e-9})
+    trial = Trial(config)
+    dev = trial.device
+    batches = []
+    for x, y in trial.data.train:
+        batches.append((x.to(dev), y.to(dev)))
+        if len(batches) == steps:
+            break
+    plain = compact(trial.model, [True] * len(trial.model.sections)).to(dev).train()
+    plain_opt = make_optimizer(plain, config)
+
+    def plain_step(x, y):
+        loss = F.cross_entropy(plain(x), y)
+        plain_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_opt.step()
+
+    trial.model.train()
+    gated = _timed(trial.step, batches, dev, 3)
+    base = _timed(plain_step, batches, dev, 3)
+    keep = [i % 2 == 0 for i in range(len(trial.model.sections))]
+    full = compact(trial.model, [True] * len(keep)).to(dev)
+    small = compact(trial.model, keep).to(dev)
+    x1 = batches[0][0][:1]
+    xb = batches[0][0]
+    with torch.no_grad():
+        lat = {
+            "full_b1_ms": 1e3 * _timed(lambda x, y: full(x1), batches[:20], dev, 3),
+            "half_b1_ms": 1e3 * _timed(lambda x, y: small(x1), batches[:20], dev, 3),
+            "full_batch_ms": 1e3 * _timed(lambda x, y: full(xb), batches[:20], dev, 3),
+            "half_batch_ms": 1e3 * _timed(lambda x, y: small(xb), batches[:20], dev, 3),
+        }
+    row = {"case": name, "device": str(dev), "gated_step_ms": 1e3 * gated,
+           "plain_step_ms": 1e3 * base, "step_ratio": gated / base, **lat,
+           "inference_ratio_batch": lat["half_batch_ms"] / lat["full_batch_ms"]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    rows = [measure(name, f, o, args.device, args.steps) for name, (f, o) in CASES.items()]
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+             else f"{platform.processor() or 'CPU'}, 1 torch thread")
+    lines = ["| network | gated step ms (all gates 1) | plain step ms | ratio | "
+             "inference ms, full / half the sections (batch) | batch 1 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['gated_step_ms']:.2f} | {r['plain_step_ms']:.2f} | "
+            f"{r['step_ratio']:.3f} | {r['full_batch_ms']:.2f} / {r['half_batch_ms']:.2f} | "
+            f"{r['full_b1_ms']:.2f} / {r['half_b1_ms']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"overhead-{args.device.split(':')[0]}.json").write_text(json.dumps(rows, indent=2))
+    write_section(f"overhead-{args.device.split(':')[0]}", (
+        f"## Gate overhead and compact inference ({where})\n\n"
+        f"`.venv/bin/python benchmarks/overhead.py --device {args.device}`; torch "
+        f"{torch.__version__}; median of 3 passes over {args.steps} steps. The gated step includes "
+        "sampling, the dL/dz probe, the prior step and the gate update.\n\n" + table + "\n"))
+
+
+if __name__ == "__main__":
+    main()
