@@ -130,15 +130,15 @@ class GateController:
         self.steps += 1
         q = self.prior.quadratic()
         rent = self.prior.rent(q)
-        host = torch.cat([data_grad.float(), rent.float()]).cpu().double()
+        host = torch.cat([data_grad.float(), rent.float(), q.float()]).cpu().double()  # one sync
         num = len(self.sections)
-        grad = host[:num] + host[num:]
-        self.prior.shrink_(q, self.theta.to(q.device, torch.float32), lr)
+        grad = host[:num] + host[num : 2 * num]
+        self.prior.shrink_(host[2 * num :], self.theta, lr)
         alive = torch.tensor([not s.pruned for s in self.sections])
         step = self.theta_lr * schedule * grad
         self.theta = torch.where(alive, (self.theta - step).clamp(0.0, 1.0), 0.0)
         # Pruning rule: theta at exactly 0 and the spike already preferred, for `patience` steps.
-        holding = alive & (self.theta == 0.0) & (host[num:] > 0.0)
+        holding = alive & (self.theta == 0.0) & (host[num : 2 * num] > 0.0)
         self.streak = torch.where(holding, self.streak + 1, torch.zeros_like(self.streak))
         removed: list[nn.Parameter] = []
         for i in torch.nonzero(self.streak >= self.patience).flatten().tolist():

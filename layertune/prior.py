@@ -77,13 +77,15 @@ class SectionPrior:
         n.index_add_(0, self._owner, torch.tensor([float(t.numel()) for t in self.tensors],
                                                   device=device))
         self.n = n.clamp_min(1.0)  # pruned sections: no tensors; keeps the formulas finite
+        # the weight step is computed on the host, from the values the gate step brought back
+        self._host = (self.n.double().cpu(), self._owner.cpu(), self._inv_var.double().cpu())
 
     @torch.no_grad()
     def quadratic(self) -> Tensor:
         """``Q`` per section (0 for pruned sections)."""
         q = torch.zeros_like(self.n)
-        if self.tensors:
-            sq = torch.stack([t.detach().float().pow(2).sum() for t in self.tensors])
+        if self.tensors:  # one fused kernel group instead of a reduction per tensor
+            sq = torch.stack(torch._foreach_norm(self.tensors)).float().pow(2)
             q.index_add_(0, self._owner, sq * self._inv_var)
         return q
 
@@ -94,11 +96,11 @@ class SectionPrior:
 
     @torch.no_grad()
     def shrink_(self, q: Tensor, theta: Tensor, lr: float) -> None:
-        """One decoupled prior step on every prior tensor (``theta`` per section, on device)."""
+        """One decoupled prior step on every prior tensor (``q``, ``theta`` on the CPU)."""
         if not self.tensors or self.s.prior_weight == 0.0:
             return
-        k = decay_coefficient(q, self.n, theta, self.s.spike_ratio, self.s.hyperprior_strength)
-        per_tensor = 2.0 * k[self._owner] * self._inv_var
+        n, owner, inv_var = self._host
+        k = decay_coefficient(q, n, theta, self.s.spike_ratio, self.s.hyperprior_strength)
+        per_tensor = 2.0 * k[owner] * inv_var
         factors = 1.0 / (1.0 + lr * (self.s.prior_weight / self.s.num_train) * per_tensor)
-        for t, f in zip(self.tensors, factors.unbind(), strict=True):
-            t.mul_(f)
+        torch._foreach_mul_(self.tensors, factors.tolist())
