@@ -204,7 +204,11 @@ class Trial:
             "active_layers": sum(keep),
             "total_layers": len(keep),
             "undecided_layers": self.gates.undecided(),
-            "collapsed": int(self.gates.undecided() == 0),
+            # every gate at 0 or 1 says nothing while no gate has moved (theta_0 = 1 starts
+            # there): the depth counts as known once the gates have removed a section
+            "collapsed": int(
+                self.gates.undecided() == 0 and any(s.pruned for s in self.model.sections)
+            ),
             "flops": self.flops.forward(keep),
             "params": sum(p.numel() for p in self.model.parameters()) - self._dropped_params(keep),
             "train_flops": self.train_flops,
