@@ -45,15 +45,7 @@ def compact(model: GatedNetwork, keep: list[bool]) -> nn.Sequential:
     """A gate-free copy of ``model`` with the sections not in ``keep`` deleted."""
     layers: list[nn.Module] = []
     sections = iter(keep)
-    probes = [s.probe for s in model.sections]
-    for s in model.sections:  # probes belong to the training step's graph and cannot be copied
-        s.probe = None
-    try:
-        copied = copy.deepcopy(model)
-    finally:
-        for s, probe in zip(model.sections, probes, strict=True):
-            s.probe = probe
-    for layer in copied.layers:
+    for layer in copy.deepcopy(model).layers:
         if isinstance(layer, GatedSection):
             kept = next(sections) and layer.body is not None
             layers.append(Residual(layer.body, layer.skip, layer.post) if kept

@@ -102,6 +102,7 @@ class GateController:
         if self.estimator == "exact":
             return self._exact_difference(z, loss, x, y)
         grad = self._probe.grad if self._probe.grad is not None else torch.zeros_like(self._probe)
+        self.model.set_gates(z)  # the probes belong to this step's graph; do not keep them
         weight = torch.tensor(
             [zi / t if zi else 0.0 for zi, t in zip(z, self.theta.tolist(), strict=True)],
             device=grad.device,
@@ -131,14 +132,14 @@ class GateController:
         q = self.prior.quadratic()
         rent = self.prior.rent(q)
         host = torch.cat([data_grad.float(), rent.float(), q.float()]).cpu().double()  # one sync
-        num = len(self.sections)
-        grad = host[:num] + host[num : 2 * num]
-        self.prior.shrink_(host[2 * num :], self.theta, lr)
+        data_host, rent_host, q_host = host.split(len(self.sections))
+        grad = data_host + rent_host
+        self.prior.shrink_(q_host, self.theta, lr)
         alive = torch.tensor([not s.pruned for s in self.sections])
         step = self.theta_lr * schedule * grad
         self.theta = torch.where(alive, (self.theta - step).clamp(0.0, 1.0), 0.0)
         # Pruning rule: theta at exactly 0 and the spike already preferred, for `patience` steps.
-        holding = alive & (self.theta == 0.0) & (host[num : 2 * num] > 0.0)
+        holding = alive & (self.theta == 0.0) & (rent_host > 0.0)
         self.streak = torch.where(holding, self.streak + 1, torch.zeros_like(self.streak))
         removed: list[nn.Parameter] = []
         for i in torch.nonzero(self.streak >= self.patience).flatten().tolist():

@@ -101,7 +101,6 @@ class Trial:
         self.optimizer = make_optimizer(self.model, config)
         steps_per_epoch = len(self.data.train)
         self.scheduler = make_schedule(self.optimizer, config, steps_per_epoch)
-        self.base_lr = config.optimizer.lr
         self.epoch = 0
         self.train_flops = 0.0
         self.history: list[dict] = []
@@ -126,9 +125,9 @@ class Trial:
             data_grad = self.gates.data_gradient(z, loss, x, y)
         self.optimizer.step()
         if learned:
-            removed = self.gates.update(
-                data_grad, self._prior_step_size(), self.scheduler.get_last_lr()[0] / self.base_lr
-            )
+            group = self.optimizer.param_groups[0]
+            schedule = group["lr"] / group["initial_lr"]  # LambdaLR keeps the base rate there
+            removed = self.gates.update(data_grad, self._prior_step_size(), schedule)
             if removed:
                 drop_parameters(self.optimizer, removed)
                 for i in self.gates.pruned_at_step:
