@@ -33,6 +33,11 @@ from layertune.front import hypervolume, pareto_front
 from layertune.space import SamplerConfig
 from layertune.sweep import SweepResult, plan_sweep, run_sweep
 
+try:
+    from results_table import write_section
+except ImportError:  # imported as benchmarks.sweep_efficiency
+    from benchmarks.results_table import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Hypervolume reference: chance accuracy on 10 classes, one section more than cnn1d's 8.
@@ -167,7 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / "sweep_efficiency.json").write_text(json.dumps(report, indent=2,
                                                                  default=str))
-    print(table(report))
+    text = table(report)
+    print(text)
+    write_section("sweep_efficiency", (
+        f"## Sweep efficiency: gate collapse vs ASHA vs FIFO\n\n"
+        f"`.venv/bin/python benchmarks/sweep_efficiency.py` ({report['samples']} trials of "
+        f"{Path(report['trial']).name} over {Path(report['space']).name} per sweep, random "
+        f"sampler with the seed, 2 at a time on CPU; hypervolume reference {REFERENCE})\n\n"
+        + text))
     print(f"\nwrote {out.parent / 'sweep_efficiency.json'}")
     return 0
 
