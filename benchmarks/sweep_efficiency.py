@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> dict:
     records = []
     for seed in args.seeds:
         for scheduler in args.schedulers:
+            shutil.rmtree(out / f"{scheduler}-seed{seed}", ignore_errors=True)  # scratch
             plan = plan_sweep(args.trial, args.space, samples=args.samples,
                               name=f"{scheduler}-seed{seed}-{int(time.time())}",
                               storage=out / f"{scheduler}-seed{seed}", scheduler=scheduler,

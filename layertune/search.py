@@ -44,8 +44,7 @@ def open_storage(folder: str | Path) -> optuna.storages.RDBStorage:
 def check_study(storage: optuna.storages.BaseStorage, study_name: str, modes: list[str]) -> int:
     """Trials already in the study ``study_name`` (0 if new).
 
-    A resumed study must have the same objective directions; trials a killed sweep left
-    RUNNING are closed as FAIL (one sweep per study at a time).
+    A resumed study must have the same objective directions.
     """
     try:
         study_id = storage.get_study_id_from_name(study_name)
@@ -58,16 +57,48 @@ def check_study(storage: optuna.storages.BaseStorage, study_name: str, modes: li
             f"--name {study_name}: the Optuna study there has objectives {have}; the search "
             f"space asks for {list(modes)} (choose another --name or --storage)"
         )
-    trials = storage.get_all_trials(study_id, deepcopy=False)
-    for t in trials:  # left RUNNING by a sweep that was killed: they will never report
-        if t.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(t._trial_id, "stopped_by", "unfinished")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    return len(trials)
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def close_running(storage: optuna.storages.BaseStorage, study_name: str,
+                  reason: str = "unfinished") -> int:
+    """Tell FAIL for every trial of the study still RUNNING; how many there were.
+
+    Called once a sweep has ended (not when it was interrupted: a resumed sweep goes on with
+    them). One sweep per study at a time, so a RUNNING trial then will never report.
+    """
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    closed = 0
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, STOPPED_BY, reason)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        closed += 1
+    return closed
 
 
 class SweepSearch(OptunaSearch):
-    """``OptunaSearch`` that reports stopped trials as PRUNED and broken ones as FAIL."""
+    """``OptunaSearch`` that reports stopped trials as PRUNED and broken ones as FAIL.
+
+    After ``Tuner.restore`` it also adopts the study's orphans: trials Optuna handed out after
+    Tune's last snapshot of the searcher, which a killed driver never told Tune about. They are
+    proposed again (same parameters) before anything new is asked, so a resumed sweep loses
+    and duplicates no trial.
+    """
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        self._orphans = [t._trial_id for t in self._ot_study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id not in known]
+
+    def suggest(self, trial_id: str) -> dict | None:
+        orphans = getattr(self, "_orphans", [])
+        if trial_id not in self._ot_trials and orphans:
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphans.pop(0))
+        return super().suggest(trial_id)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -75,6 +106,9 @@ class SweepSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        self._completed_trials.add(trial_id)
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            return  # told before a driver crash that Tune's last snapshot did not see
         state, values = self._outcome(result, error)
         attrs = {"ray_trial_id": trial_id}
         if result:
@@ -92,8 +126,10 @@ class SweepSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, values, state=state)
         except Exception as exc:  # never let bookkeeping stop the sweep
             logger.warning("Optuna tell failed for trial %s: %s", trial_id, exc)
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        self._completed_trials.add(trial_id)
+            try:
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - already recorded: nothing more to do
+                pass
 
     def _outcome(self, result: dict | None, error: bool) -> tuple[TrialState, Any]:
         if error:
@@ -106,25 +142,6 @@ class SweepSearch(OptunaSearch):
             return TrialState.FAIL, None
         values = [float(v) for v in values]
         return TrialState.COMPLETE, values if isinstance(self.metric, list) else values[0]
-
-    def close_unfinished(self) -> int:
-        """Tell FAIL for every trial this searcher asked for but was never told about.
-
-        Called when the sweep ends (also on Ctrl-C): no Optuna trial of this sweep stays
-        RUNNING. Returns how many were closed.
-        """
-        closed = 0
-        for trial_id, ot_trial in self._ot_trials.items():
-            if trial_id in self._completed_trials:
-                continue
-            try:
-                ot_trial.set_user_attr(STOPPED_BY, "unfinished")
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-                closed += 1
-            except Exception as exc:  # e.g. already finished in the storage
-                logger.warning("could not close Optuna trial of %s: %s", trial_id, exc)
-            self._completed_trials.add(trial_id)
-        return closed
 
     @property
     def study(self) -> optuna.Study:

@@ -40,7 +40,7 @@ from .scheduler import (
     RecordingASHA,
     StopReasonCallback,
 )
-from .search import SweepSearch, check_study, open_storage
+from .search import SweepSearch, check_study, close_running, open_storage
 from .space import CollapseSettings, DefineByRun, SearchSpace, check_parameters, load_space
 from .space import make_sampler as _make_sampler
 from .space import max_epochs as _max_epochs
@@ -62,16 +62,29 @@ def _train(config: dict, base: dict, threads: int) -> None:
     torch.set_num_threads(threads)  # the trial's CPU share, not the whole node
     trial_config = TrialConfig.model_validate(base).with_overrides(config, source="sweep")
 
+    from .train import TrialDiverged
+
+    node = ray.get_runtime_context().get_node_id()  # several nodes may share one IP
+
     def report(metrics: dict, folder: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, "node_id": node}, checkpoint=checkpoint)
 
+    # Tune retries every error from its last checkpoint (--max-failures), which is right for a
+    # lost worker or node and pointless for a loss that went NaN: that one fails at once.
+    diverged = Path(tune.get_context().get_trial_dir(), "diverged.txt")
+    if diverged.exists():
+        raise TrialDiverged(diverged.read_text())
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        run_trial(trial_config, report, checkpoint=True)
-        return
-    with checkpoint.as_directory() as folder:  # Tune retried the trial: go on from there
-        run_trial(trial_config, report, checkpoint=True, resume_from=folder)
+    try:
+        if checkpoint is None:
+            run_trial(trial_config, report, checkpoint=True)
+            return
+        with checkpoint.as_directory() as folder:  # Tune retried the trial: go on from there
+            run_trial(trial_config, report, checkpoint=True, resume_from=folder)
+    except TrialDiverged as err:
+        diverged.write_text(str(err))
+        raise
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -340,6 +353,7 @@ class SweepResult:
     trials: list[dict[str, Any]] = field(default_factory=list)  # this run's Ray trials
     events: list[tuple[float, str, int]] = field(default_factory=list)  # (s, trial, epoch)
     wall_s: float = 0.0
+    interrupted: bool = False  # Ctrl-C: the sweep can go on with --resume
 
     @property
     def trial_epochs(self) -> int:
@@ -364,6 +378,14 @@ class SweepPlan:
     seed: int | None
     address: str | None
     tracking_uri: str | None
+    resume: bool = False
+    max_failures: int = 2
+
+    def record(self) -> dict[str, Any]:
+        """What fixes a sweep's trials: kept in ``sweep.json``, checked on ``--resume``."""
+        return {"trial": self.trial.model_dump(mode="json"),
+                "space": self.space.model_dump(mode="json"), "samples": self.samples,
+                "scheduler": self.scheduler, "seed": self.seed}
 
 
 def plan_sweep(
@@ -381,12 +403,19 @@ def plan_sweep(
     seed: int | None = None,
     tracking_uri: str | None = None,
     overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    max_failures: int = 2,
 ) -> SweepPlan:
     """Validate the input (one-line ``ConfigError`` on anything wrong) and resolve paths.
 
     ``overrides`` (dotted keys, as ``--set``) change the trial config before the search space
-    is applied.
+    is applied. A sweep folder that holds a sweep is only ever continued (``resume``), with
+    the trial config and search space it started with; nothing is written here.
     """
+    if resume and not name:
+        raise ConfigError("--resume: give the --name of the sweep to continue")
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures {max_failures}: must be >= 0")
     if samples < 1:
         raise ConfigError(f"--samples {samples}: must be at least 1")
     if not cpus_per_trial > 0:
@@ -417,13 +446,50 @@ def plan_sweep(
     folder = folder.expanduser().resolve()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--storage {folder}: exists and is not a folder")
-    return SweepPlan(
+    _check_writable(folder)
+    plan = SweepPlan(
         trial_path=Path(trial_path).resolve(), space_path=Path(space_path).resolve(),
         trial=trial, space=space, name=name, folder=folder, samples=samples,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent, scheduler=scheduler, seed=seed, address=address,
-        tracking_uri=tracking_uri,
+        tracking_uri=tracking_uri, resume=resume, max_failures=max_failures,
     )
+    _check_resume(plan)
+    return plan
+
+
+RECORD = "sweep.json"
+
+
+def _check_writable(folder: Path) -> None:
+    """The sweep folder, or its nearest existing parent, must be writable (nothing created)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--storage {folder}: {existing} is not writable")
+
+
+def _check_resume(plan: SweepPlan) -> None:
+    """Never overwrite a sweep; resume only the one that is there, as it started."""
+    record = plan.folder / RECORD
+    exists = record.exists() or (plan.folder / "tune").exists()
+    if exists and not plan.resume:
+        raise ConfigError(f"--name {plan.name}: a sweep already exists in {plan.folder}; "
+                          "continue it with --resume, or choose another --name or --storage")
+    if not plan.resume:
+        return
+    if not (plan.folder / "tune" / "tuner.pkl").exists() or not record.exists():
+        raise ConfigError(f"--resume: no sweep {plan.name} to continue in {plan.folder} "
+                          "(start it without --resume)")
+    try:
+        started = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--resume: {record} is unreadable ({err})") from None
+    for key, value in plan.record().items():
+        if started.get(key) != value:
+            what = {"trial": str(plan.trial_path), "space": str(plan.space_path)}.get(
+                key, f"--{key}")
+            raise ConfigError(f"--resume: {what} differs from what sweep {plan.name} started "
+                              f"with ({key}, kept in {record}); resume with the same input")
 
 
 def chance_accuracy(trial: TrialConfig) -> float:
@@ -512,24 +578,70 @@ def run_sweep(plan: SweepPlan, *, live: bool = True, interval: float | None = No
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow.store.db.utils", "alembic", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    plan.folder.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(plan.folder)
-    resumed = check_study(storage, plan.name, plan.space.modes)
     started = _start_ray(plan)
     try:
         check_resources(plan)
-        return _run(plan, storage, live, interval, resumed)
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(plan.folder)
+        check_study(storage, plan.name, plan.space.modes)
+        if not plan.resume:
+            (plan.folder / RECORD).write_text(json.dumps(plan.record(), indent=1))
+        return _run(plan, storage, live, interval)
     finally:
         if started and not keep_ray:
             ray.shutdown()
 
 
 def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
-         interval: float | None, resumed: int) -> SweepResult:
+         interval: float | None) -> SweepResult:
+    threads = max(1, int(plan.cpus_per_trial))
+    trainable = tune.with_resources(
+        tune.with_parameters(_train, base=plan.trial.model_dump(mode="json"), threads=threads),
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
+    )
+    if plan.resume:
+        tuner = tune.Tuner.restore(str(plan.folder / "tune"), trainable,
+                                   resume_unfinished=True)
+        # The callbacks come back from Tune's pickle; they are the ones to talk to.
+        callbacks = tuner._local_tuner.get_run_config().callbacks
+        monitor = next(c for c in callbacks if isinstance(c, SweepMonitor))
+        recorder = next(c for c in callbacks if isinstance(c, MlflowRecorder))
+        monitor.live, monitor.interval = live, interval
+    else:
+        tuner, monitor, recorder = _new_tuner(plan, storage, trainable, live, interval)
+    recorder.open()  # database and experiment exist before any trial starts
+    if live:
+        print(f"layertune sweep {plan.name}: {plan.samples} trials of {plan.trial_path.name} "
+              f"over {plan.space_path.name}, scheduler {plan.scheduler}, "
+              f"{plan.cpus_per_trial:g} CPU + {plan.gpus_per_trial:g} GPU per trial; "
+              f"Ray has {_resources_text()}"
+              + (f"; resuming from {plan.folder}" if plan.resume else ""), flush=True)
+    t0 = time.monotonic()
+    tuner.fit()
+    wall = time.monotonic() - t0
+    ended = len(optuna.load_study(study_name=plan.name, storage=storage).get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    interrupted = ended < plan.samples
+    if not interrupted:
+        close_running(storage, plan.name)  # nothing of this sweep stays RUNNING in Optuna
+    if live and not sys.stdout.isatty():
+        monitor.draw()
+    result = collect(plan, storage, list(monitor.rows.values()), wall)
+    result.events = list(monitor.events)
+    result.interrupted = interrupted
+    write_front(result)
+    if not interrupted:
+        recorder.finish(result.folder / "front.json", {
+            "trials": len(result.trials), "front_size": len(result.front),
+            "trial_epochs": result.trial_epochs, "wall_s": wall,
+        })
+    return result
+
+
+def _new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, trainable: Any,
+               live: bool, interval: float | None) -> tuple[Any, SweepMonitor, MlflowRecorder]:
     space = plan.space
     seed = plan.seed if plan.seed is not None else space.sampler.seed
-    if resumed and seed is not None:
-        seed += resumed  # a resumed study must not be proposed its first trials again
     searcher = SweepSearch(
         DefineByRun(space), metric=space.metrics, mode=space.modes,
         sampler=_make_sampler(space.sampler, seed), study_name=plan.name, storage=storage,
@@ -539,15 +651,8 @@ def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
     tracking = plan.tracking_uri or f"sqlite:///{plan.folder / 'mlflow.db'}"
     recorder = MlflowRecorder(tracking, plan.name, plan.folder / "mlflow-artifacts", {
         "trial": plan.trial_path, "space": plan.space_path, "samples": plan.samples,
-        "scheduler": plan.scheduler, "sampler": space.sampler.name,
-        "seed": seed, "resumed_after": resumed,
+        "scheduler": plan.scheduler, "sampler": space.sampler.name, "seed": seed,
     })
-    recorder.open()  # database and experiment exist before any trial starts
-    threads = max(1, int(plan.cpus_per_trial))
-    trainable = tune.with_resources(
-        tune.with_parameters(_train, base=plan.trial.model_dump(mode="json"), threads=threads),
-        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
-    )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -558,31 +663,10 @@ def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
             name="tune", storage_path=str(plan.folder), verbose=0,
             callbacks=[StopReasonCallback(scheduler), monitor, recorder],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         ),
     )
-    if live:
-        print(f"layertune sweep {plan.name}: {plan.samples} trials of {plan.trial_path.name} "
-              f"over {plan.space_path.name}, scheduler {plan.scheduler}, "
-              f"{plan.cpus_per_trial:g} CPU + {plan.gpus_per_trial:g} GPU per trial; "
-              f"Ray has {_resources_text()}"
-              + (f"; resuming study {plan.name} ({resumed} trials)" if resumed else ""),
-              flush=True)
-    t0 = time.monotonic()
-    try:
-        tuner.fit()
-    finally:
-        searcher.close_unfinished()  # no Optuna trial of this sweep stays RUNNING
-    wall = time.monotonic() - t0
-    if live and not sys.stdout.isatty():
-        monitor.draw()
-    result = collect(plan, storage, list(monitor.rows.values()), wall)
-    result.events = list(monitor.events)
-    write_front(result)
-    recorder.finish(result.folder / "front.json", {
-        "trials": len(result.trials), "front_size": len(result.front),
-        "trial_epochs": result.trial_epochs, "wall_s": wall,
-    })
-    return result
+    return tuner, monitor, recorder
 
 
 def _resources_text() -> str:
@@ -679,6 +763,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="sampler seed (overrides the search space)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///"
                         "<sweep folder>/mlflow.db)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep --name after its driver stopped (Ctrl-C, a "
+                        "crash): finished trials stay, running ones go on from their checkpoint")
+    parser.add_argument("--max-failures", type=int, default=2, metavar="F",
+                        help="retries of a trial whose worker or node died, from its last "
+                        "checkpoint (default 2)")
 
 
 def sweep_command(args: argparse.Namespace) -> int:
@@ -689,10 +779,17 @@ def sweep_command(args: argparse.Namespace) -> int:
             storage=args.storage, address=args.address, cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             scheduler=args.scheduler, seed=args.seed, tracking_uri=args.tracking_uri,
+            resume=args.resume, max_failures=args.max_failures,
         )
         result = run_sweep(plan)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if result.interrupted:
+        print(f"\nsweep {plan.name} interrupted; everything so far is kept in {plan.folder}."
+              f"\ncontinue it with: layertune sweep {plan.trial_path} --space "
+              f"{plan.space_path} --name {plan.name} --storage {plan.folder} --resume",
+              flush=True)
+        return 130
     print(summary(result), flush=True)
     return 0 if result.front else 1

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from layertune.config import ConfigError, MethodConfig
 from layertune.front import dominates, format_table, hypervolume, pareto_front
-from layertune.search import SweepSearch, open_storage
+from layertune.search import SweepSearch, close_running, open_storage
 from layertune.space import DefineByRun, make_sampler, parse_space
 from layertune.sweep import (
     add_sweep_arguments,
@@ -160,7 +160,7 @@ def test_searcher_tells_optuna_complete_pruned_and_fail(tmp_path):
     s.on_trial_complete("t2", result=ok, error=True)
     s.on_trial_complete("t3", result={**ok, "val_accuracy": math.nan})
     s.on_trial_complete("t4", result=None)  # removed before it ran
-    assert s.close_unfinished() == 1  # t5
+    assert close_running(open_storage(tmp_path), "s") == 1  # t5, never told
     s.on_trial_complete("t0", result=ok)  # a repeat is ignored
     study = optuna.load_study(study_name="s", storage=open_storage(tmp_path))
     states = [t.state for t in study.trials]
@@ -170,6 +170,28 @@ def test_searcher_tells_optuna_complete_pruned_and_fail(tmp_path):
     assert study.trials[0].user_attrs["flops"] == 100
     assert study.trials[1].user_attrs["stopped_by"] == "dominated"
     assert [t.number for t in study.best_trials] == [0]
+    assert study.trials[5].user_attrs["stopped_by"] == "unfinished"
+
+
+def test_a_restored_searcher_adopts_orphans_and_ignores_repeated_tells(tmp_path):
+    """Trials asked for after Tune's last searcher snapshot come back with the same values."""
+    s = make_searcher(tmp_path)
+    s.suggest("t0")
+    s.suggest("t1")
+    s.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot; then the driver goes on...
+    ok = {"val_accuracy": 0.9, "active_layers": 3, "epoch": 5}
+    s.on_trial_complete("t1", result=ok)  # ...tells t1 ...
+    orphan = s.suggest("t2")  # ... asks for t2, and is killed
+    restored = make_searcher(tmp_path)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t2-again") == orphan
+    restored.on_trial_complete("t1", result={**ok, "val_accuracy": 0.1})  # no second tell
+    restored.on_trial_complete("t2-again", result=ok)
+    study = optuna.load_study(study_name="s", storage=open_storage(tmp_path))
+    assert len(study.trials) == 3
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.COMPLETE,
+                                               TrialState.COMPLETE]
+    assert study.trials[1].values == [0.9, 3.0]
 
 
 # --- bad input: one line, exit code 2, before Ray starts --------------------------------------
@@ -368,21 +390,23 @@ def test_more_than_a_node_has_fails_before_any_trial(sweep, tmp_path):
         assert not (tmp_path / "c" / "tune").exists()
 
 
-def test_a_sweep_resumes_its_optuna_study(sweep, tmp_path):
-    """Same name and folder: the study goes on (new proposals), the front spans both runs."""
+def test_a_sweep_is_never_overwritten_and_resuming_a_finished_one_runs_nothing(sweep, tmp_path):
     import shutil
 
     plan, first = sweep
     folder = tmp_path / "run"
     shutil.copytree(plan.folder, folder)
-    again = plan_sweep(plan.trial_path, plan.space_path, samples=2, name="t", storage=folder,
-                       max_concurrent=2, cpus_per_trial=0.5, gpus_per_trial=0.5)
+    kwargs = {"samples": SAMPLES, "name": "t", "storage": folder, "max_concurrent": 2,
+              "cpus_per_trial": 0.5, "gpus_per_trial": 0.5}
+    with pytest.raises(ConfigError, match="already exists.*--resume"):
+        plan_sweep(plan.trial_path, plan.space_path, **kwargs)
+    with pytest.raises(ConfigError, match="differs from what sweep t started with"):
+        plan_sweep(plan.trial_path, plan.space_path, resume=True, overrides={"epochs": 3},
+                   **kwargs)
+    again = plan_sweep(plan.trial_path, plan.space_path, resume=True, **kwargs)
     result = run_sweep(again, live=False)
     study = optuna.load_study(study_name="t", storage=open_storage(folder))
-    assert len(study.trials) == SAMPLES + 2
-    old = [t.params for t in study.trials[:SAMPLES]]
-    assert all(t.params not in old for t in study.trials[SAMPLES:])  # not proposed again
-    assert len(result.trials) == 2
-    assert len(result.finished) == len([t for t in study.trials
-                                        if t.state == TrialState.COMPLETE])
-    assert len(ray_trials(folder)) == SAMPLES + 2
+    assert len(study.trials) == SAMPLES and not result.interrupted
+    assert result.trials == []  # every trial had ended: none ran again
+    assert [r["ray_trial"] for r in result.front] == [r["ray_trial"] for r in first.front]
+    assert len(ray_trials(folder)) == SAMPLES
