@@ -134,6 +134,9 @@ class GateController:
         host = torch.cat([data_grad.float(), rent.float(), q.float()]).cpu().double()  # one sync
         data_host, rent_host, q_host = host.split(len(self.sections))
         grad = data_host + rent_host
+        # A diverged loss gives NaN here: keep theta a probability; the epoch's loss check
+        # then stops the trial with a clear error.
+        grad = torch.where(grad.isfinite(), grad, 0.0)
         self.prior.shrink_(q_host, self.theta, lr)
         alive = torch.tensor([not s.pruned for s in self.sections])
         step = self.theta_lr * schedule * grad

@@ -129,6 +129,13 @@ def test_bad_yaml_files(tmp_path: Path, capsys) -> None:
     assert "missing.yaml" in capsys.readouterr().err
 
 
+def test_a_diverging_trial_stops_with_a_clear_error(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["train", DIGITS, "--out", str(out), "--set", "optimizer.lr=1e6"]) == 1
+    assert "training loss is nan in epoch 1" in capsys.readouterr().err
+    assert not (out / "result.json").exists()
+
+
 def test_console_script_runs() -> None:
     done = subprocess.run([sys.executable, "-m", "layertune.cli", "train", "--help"],
                           capture_output=True, text=True, check=True)
