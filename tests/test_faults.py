@@ -1,0 +1,217 @@
+"""Faults, for real: a killed or interrupted driver, a killed trial worker, a diverging trial.
+
+Each test runs ``layertune sweep`` as its own process (with its own local Ray), breaks it, and
+then checks that every trial is accounted for exactly once in Ray's results, the Optuna study
+and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from layertune.search import open_storage
+
+TRIAL = """\
+data: {name: digits, batch_size: 64, val_fraction: 0.2}
+model: {name: mlp, depth: 4, width: 32}
+optimizer: {lr: 0.05}
+epochs: EPOCHS
+seed: 0
+"""
+
+SPACE = """\
+parameters:
+  method.prior_weight: {type: float, low: 0.1, high: 1.0, log: true}
+  optimizer.lr: LR
+objectives:
+  - {metric: val_accuracy, mode: max}
+  - {metric: active_layers, mode: min}
+sampler: {name: random, seed: 1}
+"""
+
+LR = "{type: float, low: 0.02, high: 0.1, log: true}"
+
+
+def write_inputs(folder: Path, epochs: int, lr: str = LR) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    trial, space = folder / "trial.yaml", folder / "space.yaml"
+    trial.write_text(TRIAL.replace("EPOCHS", str(epochs)))
+    space.write_text(SPACE.replace("LR", lr))
+    return trial, space
+
+
+def sweep_args(trial: Path, space: Path, storage: Path, samples: int) -> list[str]:
+    # FIFO: every trial runs to its end, so the accounting below does not depend on timing.
+    return [sys.executable, "-m", "layertune.cli", "sweep", str(trial), "--space", str(space),
+            "--samples", str(samples), "--name", "f", "--storage", str(storage),
+            "--max-concurrent", "2", "--scheduler", "fifo"]
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def results(storage: Path) -> dict[str, list[dict]]:
+    """Ray's record: trial id -> every result line it stored (the last line may be partial)."""
+    out = {}
+    for f in sorted((storage / "tune").glob("trial_*/result.json")):
+        rows = []
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break  # being written
+        if rows:
+            out[rows[-1]["trial_id"]] = rows
+    return out
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended before the fault (rc {proc.returncode}):\n"
+                        f"{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for the sweep:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 300.0) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"the sweep did not end:\n{log.read_text()[-3000:]}")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """What is left of a killed driver's local Ray (its workers die with it on their own)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def assert_accounted_once(storage: Path, samples: int, epochs: int) -> dict[str, list[dict]]:
+    """Ray, Optuna and MLflow each hold every trial once, and nothing is left RUNNING."""
+    ray_rows = results(storage)
+    assert len(ray_rows) == samples
+    assert all(rows[-1]["epoch"] == epochs for rows in ray_rows.values())
+    study = optuna.load_study(study_name="f", storage=open_storage(storage))
+    assert len(study.trials) == samples
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert {t.user_attrs["ray_trial_id"] for t in study.trials} == set(ray_rows)
+    assert_mlflow_once(storage, set(ray_rows))
+    return ray_rows
+
+
+def assert_mlflow_once(storage: Path, trial_ids: set[str]) -> None:
+    with sqlite3.connect(storage / "mlflow.db") as db:
+        runs = db.execute("select run_uuid, status from runs").fetchall()
+        parents = db.execute("select value from tags where key = 'mlflow.parentRunId'").fetchall()
+        ray_ids = [v for (v,) in db.execute(
+            "select value from tags where key = 'ray_trial_id'").fetchall()]
+    assert not [r for r in runs if r[1] == "RUNNING"]
+    assert len({p for (p,) in parents}) == 1  # one sweep run
+    assert sorted(ray_ids) == sorted(trial_ids)  # one child run per trial, none twice
+    assert len(runs) == len(trial_ids) + 1
+
+
+def epochs_of(rows: list[dict]) -> list[int]:
+    return [r["epoch"] for r in rows]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_a_stopped_driver_resumes_with_nothing_lost_or_run_twice(tmp_path: Path, sig) -> None:
+    epochs, samples = 12, 5
+    trial, space = write_inputs(tmp_path, epochs)
+    storage = tmp_path / "sweep"
+    args = sweep_args(trial, space, storage, samples)
+    log = tmp_path / "first.log"
+    proc = start(args, log)
+
+    def one_done_one_midway() -> bool:
+        rows = results(storage)
+        done = [r for r in rows.values() if r[-1]["epoch"] == epochs]
+        midway = [r for r in rows.values() if 2 <= r[-1]["epoch"] < epochs - 2]
+        return bool(done) and bool(midway)
+
+    wait_for(one_done_one_midway, proc, log)
+    before = results(storage)
+    os.kill(proc.pid, sig)
+    if sig == signal.SIGINT:
+        assert finish(proc, log) == 130
+        assert "--resume" in log.read_text()
+    kill_group(proc)
+
+    again = tmp_path / "resume.log"
+    rc = finish(start([*args, "--resume"], again), again)
+    assert rc == 0, again.read_text()[-3000:]
+    after = assert_accounted_once(storage, samples, epochs)
+    for trial_id, rows in before.items():
+        seen = epochs_of(after[trial_id])
+        if rows[-1]["epoch"] == epochs:  # finished before the stop: not run again
+            assert seen == epochs_of(rows)
+        else:  # went on from a checkpoint, not from epoch 1
+            assert seen.count(1) == 1 and seen[-1] == epochs
+    done = subprocess.run(args, capture_output=True, text=True)  # never started over
+    assert done.returncode == 2 and "--resume" in done.stderr
+
+
+def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
+    epochs, samples = 30, 2
+    trial, space = write_inputs(tmp_path, epochs)
+    storage = tmp_path / "sweep"
+    log = tmp_path / "sweep.log"
+    proc = start(sweep_args(trial, space, storage, samples), log)
+    wait_for(lambda: any(3 <= r[-1]["epoch"] < epochs - 5 for r in results(storage).values()),
+             proc, log)
+    victim, rows = next((k, r) for k, r in results(storage).items()
+                        if 3 <= r[-1]["epoch"] < epochs - 5)
+    os.kill(rows[-1]["pid"], signal.SIGKILL)
+    assert finish(proc, log) == 0, log.read_text()[-3000:]
+    after = assert_accounted_once(storage, samples, epochs)
+    seen = epochs_of(after[victim])
+    assert seen.count(1) == 1 and seen[-1] == epochs  # resumed, not restarted
+    assert "Failure # 1" in (storage / "tune" / f"trial_{victim}" / "error.txt").read_text()
+
+
+def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    epochs, samples = 3, 4
+    trial, space = write_inputs(tmp_path, epochs,
+                                lr="{type: categorical, choices: [0.05, 1000000.0]}")
+    storage = tmp_path / "sweep"
+    log = tmp_path / "sweep.log"
+    proc = start(sweep_args(trial, space, storage, samples), log)
+    assert finish(proc, log) == 0, log.read_text()[-3000:]
+    study = optuna.load_study(study_name="f", storage=open_storage(storage))
+    states = {t.number: t.state for t in study.trials}
+    diverged = [t for t in study.trials if t.params["optimizer.lr"] > 1]
+    assert diverged and len(diverged) < samples  # the seed gives both kinds
+    assert all(t.state == TrialState.FAIL and t.user_attrs["stopped_by"] == "error"
+               for t in diverged)
+    assert all(s == TrialState.COMPLETE for n, s in states.items()
+               if n not in {t.number for t in diverged})
+    errors = sorted((storage / "tune").glob("trial_*/error.txt"))
+    assert len(errors) == len(diverged)
+    assert all("training loss is nan" in e.read_text() for e in errors)
+    assert f"{len(diverged)} failed" in log.read_text()
+    with sqlite3.connect(storage / "mlflow.db") as db:
+        statuses = [s for (s,) in db.execute("select status from runs")]
+    assert statuses.count("FAILED") == len(diverged) and "RUNNING" not in statuses
