@@ -1,4 +1,4 @@
-"""``layertune`` command line: thin wrappers over train, sweep and export."""
+"""``layertune`` command line: thin wrappers over train, sweep, the MLflow record and export."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .config import ConfigError, load_trial, parse_set
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line ``error: ...`` and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _print_epoch(metrics: dict, epochs: int) -> None:
@@ -55,8 +64,160 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- reading a sweep back: front, export, ui -----------------------------------------------------
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    """Where sweep NAME is recorded: --tracking-uri, else mlflow.db in its sweep folder."""
+    from .tracking import resolve_uri, sweep_folder
+
+    folder = sweep_folder(args.name, args.storage)
+    uri = resolve_uri(args.tracking_uri, folder)
+    if uri is None:
+        raise ConfigError("--tracking-uri none: give the URI the sweep was recorded in")
+    if args.tracking_uri is None and not (folder / "mlflow.db").is_file():
+        raise ConfigError(f"sweep {args.name}: no MLflow record at {folder / 'mlflow.db'} "
+                          "(check the name, or give --storage or --tracking-uri)")
+    return uri
+
+
+def front_command(args: argparse.Namespace) -> int:
+    import csv
+
+    from .front import format_table
+    from .select import load_sweep
+    from .tracking import GROUPS, front_columns
+
+    record = load_sweep(args.name, _tracking_uri(args))
+    groups = record.groups
+    cols = front_columns(record.objectives, record.parameters)
+    front = [{c: r.get(c) for c in cols} for r in groups["front"]]
+    if args.format == "json":
+        print(json.dumps({"sweep": record.name, "tracking_uri": record.uri,
+                          "objectives": record.objectives, "front": front,
+                          "trials": {g: len(groups[g]) for g in GROUPS}}, indent=2))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(front)
+    else:
+        running = sum(r["status"] == "running" for r in record.trials)
+        finished = len(groups["front"]) + len(groups["finished"])
+        print(f"sweep {record.name}: Pareto front ("
+              + ", ".join(f"{m} {d}" for m, d in record.objectives)
+              + f") of {finished} finished trials ({len(groups['stopped'])} stopped early, "
+              f"{len(groups['failed'])} failed" + (f", {running} running" if running else "")
+              + f"); {record.uri}")
+        print(format_table(front, cols) if front else "(empty: no trial finished)")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from .select import ExportError, export_network, load_sweep, pick
+    from .train import resolve_device
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"-o {out}: is a folder; give a file name, e.g. model.pt")
+    try:
+        device = str(resolve_device(args.device))
+    except (ConfigError, RuntimeError, ValueError):
+        raise ConfigError(f"--device {args.device}: allowed: cpu, cuda, cuda:N (with a GPU "
+                          "torch can see) or auto") from None
+    record = load_sweep(args.name, _tracking_uri(args))
+    row = pick(record, trial=args.trial, use_knee=args.knee, min_accuracy=args.min_accuracy)
+    print(f"sweep {record.name}: trial {row['trial']} (Ray {row['ray_trial']}, run "
+          f"{row['run_id']}): val_accuracy {row.get('val_accuracy', float('nan')):.4f}, "
+          f"{row.get('active_layers', '?')}/{row.get('total_layers', '?')} sections; "
+          f"re-evaluating on its validation split ({device})", flush=True)
+    try:
+        checked = export_network(record, row, out, device=device)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {checked['path']}: val_accuracy {checked['val_accuracy']:.4f} (recorded "
+          f"{checked['recorded_val_accuracy']:.4f}, {checked['gap_points']:.3f} points apart)")
+    return 0
+
+
+def ui_command(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from .tracking import find_sweeps, is_server, resolve_uri, server_command
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: a TCP port, 1 to 65535")
+    if args.tracking_uri:
+        uri = resolve_uri(args.tracking_uri, Path.cwd())
+        if uri is None:
+            raise ConfigError("--tracking-uri none: give the URI a sweep was recorded in")
+        if is_server(uri):
+            print(f"{uri} is an MLflow server already: open it in a browser")
+            return 0
+        targets = {args.name or "sweep": uri}
+    else:
+        root = Path(args.storage or "layertune-runs").expanduser().resolve()
+        found = find_sweeps(root)  # --storage: a folder of sweep folders, or one of them
+        if args.name and not (root / "mlflow.db").is_file():
+            if args.name not in found:
+                raise ConfigError(f"sweep {args.name}: no MLflow record in {root / args.name} "
+                                  f"(sweeps in {root}: {', '.join(found) or 'none'})")
+            found = {args.name: found[args.name]}
+        if not found:
+            raise ConfigError(f"--storage {root}: no sweep recorded there (a sweep folder holds "
+                              "mlflow.db; run layertune sweep first)")
+        targets = {name: f"sqlite:///{db}" for name, db in found.items()}
+    servers = []
+    for i, (name, uri) in enumerate(targets.items()):  # one server per sweep database
+        port = args.port + i
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                raise ConfigError(f"--port {port}: in use on 127.0.0.1 (choose another --port)")
+        servers.append((name, port, server_command(uri, port)))
+    for name, port, cmd in servers:
+        print(f"sweep {name}: http://127.0.0.1:{port}\n  {shlex.join(cmd)}")
+    if args.dry_run:
+        return 0
+    print("the MLflow UI is starting; Ctrl-C stops it", flush=True)
+
+    def stop(signum: int, frame: object) -> None:  # SIGTERM too: never orphan the servers
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    procs = [subprocess.Popen(cmd, start_new_session=True) for _, _, cmd in servers]
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        code = next(p.returncode for p in procs if p.poll() is not None)
+        print(f"error: mlflow server exited with code {code}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in procs:  # the server's own workers are in its process group
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+def _add_record_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="the sweep's --name")
+    p.add_argument("--tracking-uri", help="where it was recorded (default sqlite:///"
+                   "<sweep folder>/mlflow.db; an MLflow server http://host:port works from "
+                   "any machine)")
+    p.add_argument("--storage", help="its sweep folder (default ./layertune-runs/NAME)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="layertune",
         description="Concurrent training and layer pruning, and sweeps over it.",
     )
@@ -73,6 +234,43 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="search the method's knobs: Ray Tune + Optuna + gate collapse")
     add_sweep_arguments(w)
     w.set_defaults(func=sweep_command)
+
+    f = sub.add_parser("front", help="the Pareto front of a sweep, read back from MLflow")
+    _add_record_arguments(f)
+    f.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format (default table)")
+    f.set_defaults(func=front_command)
+
+    e = sub.add_parser("export", help="one network of a sweep as TorchScript, re-checked first",
+                       description="Pick a finished trial, re-evaluate its compact network on "
+                       "the trial's validation split and write it as TorchScript if the "
+                       "accuracy is within 0.1 point of the recorded one (else exit 1). "
+                       "--knee: the front point nearest the utopia point once each objective "
+                       "is scaled to [0, 1] over the front.")
+    _add_record_arguments(e)
+    how = e.add_mutually_exclusive_group(required=True)
+    how.add_argument("--trial", metavar="ID", help="a finished trial: Optuna number, Ray trial "
+                     "id or MLflow run id")
+    how.add_argument("--knee", action="store_true", help="the knee of the front")
+    how.add_argument("--min-accuracy", type=float, metavar="X", help="the front trial with "
+                     "val_accuracy >= X (a fraction) that is best in the other objectives")
+    e.add_argument("-o", "--out", required=True, help="TorchScript file to write")
+    e.add_argument("--device", default="cpu", help="where to re-evaluate: cpu (default), "
+                   "cuda, cuda:N or auto")
+    e.set_defaults(func=export_command)
+
+    u = sub.add_parser("ui", help="the MLflow UI over recorded sweeps, on 127.0.0.1",
+                       description="Runs `mlflow server` bound to 127.0.0.1 over each sweep's "
+                       "database (one server per sweep, on ports P, P+1, ...) and prints the "
+                       "URLs and commands. Ctrl-C stops them.")
+    u.add_argument("name", metavar="NAME", nargs="?", help="only this sweep (default: all)")
+    u.add_argument("--storage", help="a folder of sweep folders, or one sweep folder (default "
+                   "./layertune-runs)")
+    u.add_argument("--tracking-uri", help="serve this database instead (an MLflow server URI "
+                   "is printed: it is a UI already)")
+    u.add_argument("--port", type=int, default=5000, help="first port (default 5000)")
+    u.add_argument("--dry-run", action="store_true", help="print the commands, start nothing")
+    u.set_defaults(func=ui_command)
     return parser
 
 

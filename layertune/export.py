@@ -81,3 +81,17 @@ def load_compact(stem: str | Path) -> nn.Sequential:
     net = compact(build_from_spec(arch["spec"]), arch["keep"])
     net.load_state_dict(torch.load(stem.with_suffix(".state.pt"), weights_only=True))
     return net
+
+
+# A trial's export bundle: the compact network's three files plus the exact trial config, so
+# that the network can be re-evaluated on the same seeded validation split later.
+MODEL_STEM = "model"
+CONFIG_FILE = "trial_config.json"
+BUNDLE_FILES = ("model.pt", "model.state.pt", "model.json", CONFIG_FILE)
+
+
+def save_bundle(model: GatedNetwork, keep: list[bool], config: dict, folder: str | Path) -> None:
+    """Write the export bundle (``BUNDLE_FILES``) into ``folder`` (e.g. a final checkpoint)."""
+    folder = Path(folder)
+    save_compact(model, keep, folder / MODEL_STEM)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))

@@ -95,3 +95,113 @@ def format_table(rows: Sequence[dict], columns: Sequence[str],
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(c) for c in cells])
+
+
+# --- picking one network ----------------------------------------------------------------------
+
+
+def knee(rows: Sequence[dict], objectives: Objectives) -> int:
+    """Index of the knee of ``rows`` (normally a front): the row closest to the utopia point.
+
+    Each objective is scaled to [0, 1] over ``rows`` (1 = the best value there, 0 = the worst;
+    an objective equal on every row scales to 1), and the row with the smallest Euclidean
+    distance to (1, ..., 1) is the knee; ties go to the earlier row. With two objectives this
+    is the trade-off point nearest the corner both extremes would like to reach.
+    """
+    if not rows:
+        raise ValueError("knee of an empty set")
+    pts = _as_min(rows, objectives)  # every objective to minimise
+    lows = [min(p[k] for p in pts) for k in range(len(objectives))]
+    highs = [max(p[k] for p in pts) for k in range(len(objectives))]
+
+    def distance(p: list[float]) -> float:
+        return math.sqrt(sum(((x - lo) / (hi - lo)) ** 2 if hi > lo else 0.0
+                             for x, lo, hi in zip(p, lows, highs, strict=True)))
+
+    return min(range(len(pts)), key=lambda i: (distance(pts[i]), i))
+
+
+# --- plots (matplotlib for PNG: plotly's PNG export needs a browser) --------------------------
+
+GROUPS = ("front", "finished", "stopped", "failed")  # what a trial is in a front plot
+_STYLE = {  # group: (colour, marker, label)
+    "front": ("#1f77b4", "o", "Pareto front"),
+    "finished": ("#9a9a9a", "o", "finished, dominated"),
+    "stopped": ("#ff7f0e", "x", "stopped early (last values)"),
+    "failed": ("#d62728", "X", "failed (last values)"),
+}
+
+
+def _axes(objectives: Objectives) -> tuple[str, str]:
+    """(x, y) metric names: the second objective against the first (trial number if alone)."""
+    metrics = [m for m, _ in objectives]
+    return (metrics[1] if len(metrics) > 1 else "trial", metrics[0])
+
+
+def _plotted(rows: Sequence[dict], x: str, y: str) -> list[dict]:
+    return [r for r in rows if isinstance(r.get(x), int | float) and
+            isinstance(r.get(y), int | float) and math.isfinite(r[x]) and math.isfinite(r[y])]
+
+
+def plot_front_png(groups: dict[str, list[dict]], objectives: Objectives, path: str,
+                   title: str = "") -> None:
+    """The front and, apart from it, dominated, stopped and failed trials; written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = _axes(objectives)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    try:
+        for group in reversed(GROUPS):  # the front on top
+            rows = _plotted(groups.get(group, []), x, y)
+            colour, marker, label = _STYLE[group]
+            total = len(groups.get(group, []))
+            if not total:
+                continue
+            missing = total - len(rows)
+            label = f"{label}: {total}" + (f" ({missing} with no values to draw)" if missing
+                                           else "")
+            ax.scatter([r[x] for r in rows], [r[y] for r in rows], c=colour, marker=marker,
+                       s=40 if group == "front" else 28, label=label, zorder=3 if group ==
+                       "front" else 2)
+            if group == "front" and len(rows) > 1:
+                line = sorted(rows, key=lambda r: (r[x], r[y]))
+                ax.plot([r[x] for r in line], [r[y] for r in line], c=colour, lw=1,
+                        drawstyle="steps-post", zorder=1)
+        if x in ("active_layers", "undecided_layers", "trial"):
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel(x + "".join(f" ({d})" for m, d in objectives if m == x))
+        ax.set_ylabel(y + "".join(f" ({d})" for m, d in objectives if m == y))
+        ax.set_title(title or "Pareto front")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def plot_front_html(groups: dict[str, list[dict]], objectives: Objectives, path: str,
+                    title: str = "", hover: Sequence[str] = ()) -> None:
+    """Interactive version (plotly); plotly.js comes from its CDN so the file stays small."""
+    import plotly.graph_objects as go
+
+    x, y = _axes(objectives)
+    fig = go.Figure()
+    for group in GROUPS:
+        rows = _plotted(groups.get(group, []), x, y)
+        if not rows:
+            continue
+        colour, marker, label = _STYLE[group]
+        text = ["<br>".join(f"{k}: {_cell(r.get(k))}" for k in ("trial", "ray_trial", *hover)
+                            if k in r) for r in rows]
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in rows], y=[r[y] for r in rows], mode="markers", name=label,
+            text=text, hoverinfo="text+x+y",
+            marker={"color": colour, "symbol": "x" if marker in "xX" else "circle", "size": 9},
+        ))
+    fig.update_layout(title=title or "Pareto front", xaxis_title=x, yaxis_title=y,
+                      template="plotly_white")
+    fig.write_html(path, include_plotlyjs="cdn", full_html=True)

@@ -143,6 +143,11 @@ class SweepSearch(OptunaSearch):
         values = [float(v) for v in values]
         return TrialState.COMPLETE, values if isinstance(self.metric, list) else values[0]
 
+    def optuna_number(self, trial_id: str) -> int | None:
+        """The Optuna trial number of Ray trial ``trial_id`` (None if this searcher never asked)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        return None if ot_trial is None else ot_trial.number
+
     @property
     def study(self) -> optuna.Study:
         return self._ot_study

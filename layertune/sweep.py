@@ -7,7 +7,9 @@ a live table, and ends with the Pareto front of the finished trials. A sweep fol
 
     tune/          Ray Tune's experiment (results, checkpoints, errors)
     optuna.db      the Optuna study ``NAME`` (resumable; ``optuna-dashboard sqlite:///...``)
-    mlflow.db      MLflow runs (unless ``--tracking-uri``): a sweep run, one nested run per trial
+    mlflow.db      MLflow record (unless ``--tracking-uri``; ``none`` turns it off): a sweep
+                   run, one nested run per trial, the front (see ``tracking``)
+    mlflow-artifacts/  its artifacts (plots, result.json, each finished trial's compact network)
     front.json     the Pareto front, also front.csv
 """
 
@@ -44,6 +46,7 @@ from .search import SweepSearch, check_study, close_running, open_storage
 from .space import CollapseSettings, DefineByRun, SearchSpace, check_parameters, load_space
 from .space import make_sampler as _make_sampler
 from .space import max_epochs as _max_epochs
+from .tracking import SweepRecorder, default_uri, resolve_uri, sweep_folder
 
 SCHEDULERS = ("gate-collapse", "asha", "fifo")
 _CLASSES = {"mnist": 10, "mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100,
@@ -53,10 +56,16 @@ _CLASSES = {"mnist": 10, "mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100":
 # --- the trainable (runs in a Ray worker) -----------------------------------------------------
 
 
-def _train(config: dict, base: dict, threads: int) -> None:
-    """One Tune trial: the trial config with the searcher's dotted-key overrides applied."""
+def _train(config: dict, base: dict, threads: int, export: bool = True) -> None:
+    """One Tune trial: the trial config with the searcher's dotted-key overrides applied.
+
+    With ``export`` the last epoch's checkpoint also holds the compact network and the trial
+    config (``export.save_bundle``): the driver's MLflow record copies it from there, which
+    works across nodes because checkpoints are persisted to the sweep's storage.
+    """
     import torch
 
+    from .export import save_bundle
     from .train import run_trial
 
     torch.set_num_threads(threads)  # the trial's CPU share, not the whole node
@@ -75,13 +84,19 @@ def _train(config: dict, base: dict, threads: int) -> None:
     diverged = Path(tune.get_context().get_trial_dir(), "diverged.txt")
     if diverged.exists():
         raise TrialDiverged(diverged.read_text())
+
+    def bundle(model: Any, keep: list[bool], folder: str) -> None:
+        save_bundle(model, keep, trial_config.model_dump(mode="json"), folder)
+
+    last = bundle if export else None
     checkpoint = tune.get_checkpoint()
     try:
         if checkpoint is None:
-            run_trial(trial_config, report, checkpoint=True)
+            run_trial(trial_config, report, checkpoint=True, last_checkpoint=last)
             return
         with checkpoint.as_directory() as folder:  # Tune retried the trial: go on from there
-            run_trial(trial_config, report, checkpoint=True, resume_from=folder)
+            run_trial(trial_config, report, checkpoint=True, resume_from=folder,
+                      last_checkpoint=last)
     except TrialDiverged as err:
         diverged.write_text(str(err))
         raise
@@ -231,111 +246,6 @@ class SweepMonitor(tune.Callback):
               f"{r.get('active_layers', '-')}/{r.get('total_layers', '?')}", flush=True)
 
 
-# --- MLflow (driver side) ---------------------------------------------------------------------
-
-
-class MlflowRecorder(tune.Callback):
-    """A sweep run, and one nested run per ended trial, logged from the driver in batches.
-
-    The database and experiment are created in ``setup`` before any trial starts (parallel
-    first use of a fresh sqlite file races). Kept small on purpose: the tracking module owns
-    the full record.
-    """
-
-    def __init__(self, uri: str, experiment: str, artifacts: Path, params: dict[str, Any]):
-        self.uri = uri
-        self.experiment = experiment
-        self.artifacts = artifacts
-        self.params = params
-        self.parent_id: str | None = None
-        self._client = None
-        self._experiment_id: str | None = None
-        self._history: dict[str, list] = {}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None, "_history": {}}
-
-    def open(self) -> None:
-        if self._client is not None:
-            return
-        from mlflow import MlflowClient
-        from mlflow.entities import Param
-
-        self._client = MlflowClient(tracking_uri=self.uri)
-        exp = self._client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            self._experiment_id = self._client.create_experiment(
-                self.experiment, artifact_location=self.artifacts.resolve().as_uri()
-            )
-        else:
-            self._experiment_id = exp.experiment_id
-        run = self._client.create_run(self._experiment_id, run_name=self.experiment,
-                                      tags={"layertune.kind": "sweep"})
-        self.parent_id = run.info.run_id
-        self._client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000])
-                                                      for k, v in self.params.items()])
-
-    def setup(self, **info) -> None:
-        self.open()
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info) -> None:
-        from mlflow.entities import Metric
-
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        stamp = int(time.time() * 1000)
-        self._history.setdefault(trial.trial_id, []).extend(
-            Metric(k, float(v), stamp, step) for k, v in result.items()
-            if k in _LOGGED and isinstance(v, int | float) and math.isfinite(v)
-        )
-
-    def _log_trial(self, trial: Any, status: str) -> None:
-        from mlflow.entities import Param, RunTag
-
-        if self._client is None:
-            return
-        last = trial.last_result or {}
-        tags = {"mlflow.parentRunId": self.parent_id, "ray_trial_id": trial.trial_id,
-                "layertune.kind": "trial", "outcome": status}
-        for key in (STOPPED_BY, STOP_REASON):
-            if last.get(key):
-                tags[key] = str(last[key])[:4000]
-        run = self._client.create_run(self._experiment_id, run_name=trial.trial_id, tags=tags)
-        params = [Param(k, str(v)) for k, v in (trial.config or {}).items()]
-        metrics = self._history.pop(trial.trial_id, [])
-        for i in range(0, max(len(metrics), 1), 900):  # MLflow takes <= 1000 per batch
-            self._client.log_batch(run.info.run_id, metrics=metrics[i:i + 900],
-                                   params=params if i == 0 else [],
-                                   tags=[RunTag("ray_trial_id", trial.trial_id)] if i == 0
-                                   else [])
-        self._client.set_terminated(run.info.run_id,
-                                    "FAILED" if status == "error" else
-                                    "KILLED" if status == "stopped" else "FINISHED")
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        self._log_trial(trial, "stopped" if (trial.last_result or {}).get(STOPPED_BY)
-                        else "done")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        self._log_trial(trial, "error")
-
-    def finish(self, front_file: Path, summary: dict[str, Any]) -> None:
-        if self._client is None or self.parent_id is None:
-            return
-        from mlflow.entities import Metric
-
-        stamp = int(time.time() * 1000)
-        self._client.log_batch(self.parent_id, metrics=[
-            Metric(k, float(v), stamp, 0) for k, v in summary.items()
-            if isinstance(v, int | float)])
-        self._client.log_artifact(self.parent_id, str(front_file))
-        self._client.set_terminated(self.parent_id)
-
-
-_LOGGED = ("val_accuracy", "val_loss", "train_loss", "active_layers", "undecided_layers",
-           "collapsed", "flops", "params", "train_flops", "epoch_seconds")
-
-
 # --- the sweep --------------------------------------------------------------------------------
 
 
@@ -452,7 +362,8 @@ def plan_sweep(
         trial=trial, space=space, name=name, folder=folder, samples=samples,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent, scheduler=scheduler, seed=seed, address=address,
-        tracking_uri=tracking_uri, resume=resume, max_failures=max_failures,
+        tracking_uri=resolve_uri(tracking_uri, folder), resume=resume,
+        max_failures=max_failures,
     )
     _check_resume(plan)
     return plan
@@ -567,6 +478,28 @@ def check_resources(plan: SweepPlan, nodes: list[dict] | None = None) -> None:
         )
 
 
+def multi_node_warnings(plan: SweepPlan, nodes: int | None = None) -> list[str]:
+    """What a cluster of several nodes needs that this sweep may not have.
+
+    Trials checkpoint into the sweep folder from whichever node runs them, and a trial retried
+    on another node reads its checkpoint back from there; the MLflow record is written by this
+    driver, but a sqlite file next to it is only readable on this machine.
+    """
+    if nodes is None:
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes < 2:
+        return []
+    lines = [f"the Ray cluster has {nodes} nodes: the sweep folder {plan.folder} must be "
+             "shared storage every node mounts at that path (NFS or similar); on a node-local "
+             "disk, trials on other nodes cannot save or restore checkpoints"]
+    uri = plan.tracking_uri or "sqlite:///"
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        lines.append(f"the MLflow record ({plan.tracking_uri or 'sqlite in the sweep folder'})"
+                     " is node-local: use an MLflow server (--tracking-uri http://HOST:5000) "
+                     "to browse it from other machines")
+    return lines
+
+
 def run_sweep(plan: SweepPlan, *, live: bool = True, interval: float | None = None,
               keep_ray: bool = False) -> SweepResult:
     """Run the sweep of ``plan`` (from ``plan_sweep``) and return its front and trials."""
@@ -581,6 +514,8 @@ def run_sweep(plan: SweepPlan, *, live: bool = True, interval: float | None = No
     started = _start_ray(plan)
     try:
         check_resources(plan)
+        for line in multi_node_warnings(plan):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         plan.folder.mkdir(parents=True, exist_ok=True)
         storage = open_storage(plan.folder)
         check_study(storage, plan.name, plan.space.modes)
@@ -596,7 +531,8 @@ def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
          interval: float | None) -> SweepResult:
     threads = max(1, int(plan.cpus_per_trial))
     trainable = tune.with_resources(
-        tune.with_parameters(_train, base=plan.trial.model_dump(mode="json"), threads=threads),
+        tune.with_parameters(_train, base=plan.trial.model_dump(mode="json"), threads=threads,
+                             export=plan.tracking_uri is not None),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
     )
     if plan.resume:
@@ -605,11 +541,17 @@ def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
         # The callbacks come back from Tune's pickle; they are the ones to talk to.
         callbacks = tuner._local_tuner.get_run_config().callbacks
         monitor = next(c for c in callbacks if isinstance(c, SweepMonitor))
-        recorder = next(c for c in callbacks if isinstance(c, MlflowRecorder))
+        recorder = next((c for c in callbacks if isinstance(c, SweepRecorder)), None)
         monitor.live, monitor.interval = live, interval
     else:
         tuner, monitor, recorder = _new_tuner(plan, storage, trainable, live, interval)
-    recorder.open()  # database and experiment exist before any trial starts
+    if recorder is not None:  # database, experiment and sweep run exist before any trial starts
+        searcher = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+        searcher = getattr(searcher, "search_alg", None)  # also the restored one on --resume
+        if isinstance(searcher, SweepSearch):
+            recorder.numbers = searcher.optuna_number
+        recorder.prepare()
+        recorder.start()
     if live:
         print(f"layertune sweep {plan.name}: {plan.samples} trials of {plan.trial_path.name} "
               f"over {plan.space_path.name}, scheduler {plan.scheduler}, "
@@ -617,7 +559,11 @@ def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
               f"Ray has {_resources_text()}"
               + (f"; resuming from {plan.folder}" if plan.resume else ""), flush=True)
     t0 = time.monotonic()
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        if recorder is not None:  # Tune's experiment end closed the record; this is the net
+            recorder.close()
     wall = time.monotonic() - t0
     ended = len(optuna.load_study(study_name=plan.name, storage=storage).get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
@@ -630,16 +576,15 @@ def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
     result.events = list(monitor.events)
     result.interrupted = interrupted
     write_front(result)
-    if not interrupted:
-        recorder.finish(result.folder / "front.json", {
-            "trials": len(result.trials), "front_size": len(result.front),
-            "trial_epochs": result.trial_epochs, "wall_s": wall,
-        })
+    if recorder is not None:
+        recorder.log_summary({"trials_this_run": len(result.trials),
+                              "trial_epochs_this_run": result.trial_epochs, "wall_s": wall})
     return result
 
 
 def _new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, trainable: Any,
-               live: bool, interval: float | None) -> tuple[Any, SweepMonitor, MlflowRecorder]:
+               live: bool, interval: float | None
+               ) -> tuple[Any, SweepMonitor, SweepRecorder | None]:
     space = plan.space
     seed = plan.seed if plan.seed is not None else space.sampler.seed
     searcher = SweepSearch(
@@ -648,11 +593,20 @@ def _new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, trainable: 
     )
     scheduler = make_scheduler(plan)
     monitor = SweepMonitor(plan.samples, plan.name, live=live, interval=interval)
-    tracking = plan.tracking_uri or f"sqlite:///{plan.folder / 'mlflow.db'}"
-    recorder = MlflowRecorder(tracking, plan.name, plan.folder / "mlflow-artifacts", {
-        "trial": plan.trial_path, "space": plan.space_path, "samples": plan.samples,
-        "scheduler": plan.scheduler, "sampler": space.sampler.name, "seed": seed,
-    })
+    recorder = None
+    if plan.tracking_uri is not None:
+        chance = space.scheduler.chance_accuracy
+        recorder = SweepRecorder(
+            plan.tracking_uri, plan.name, plan.folder,
+            objectives=list(zip(space.metrics, space.modes, strict=True)),
+            chance=chance if chance is not None else chance_accuracy(plan.trial),
+            parameters=list(space.parameters), files=[plan.trial_path, plan.space_path],
+            trial_config=plan.trial.model_dump(mode="json"), params={
+                "trial": plan.trial_path, "space": plan.space_path, "samples": plan.samples,
+                "scheduler": plan.scheduler, "sampler": space.sampler.name, "seed": seed,
+                "cpus_per_trial": plan.cpus_per_trial, "gpus_per_trial": plan.gpus_per_trial,
+                "max_concurrent": plan.max_concurrent, "max_failures": plan.max_failures,
+            })
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -661,7 +615,7 @@ def _new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, trainable: 
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(plan.folder), verbose=0,
-            callbacks=[StopReasonCallback(scheduler), monitor, recorder],
+            callbacks=[StopReasonCallback(scheduler), monitor, *([recorder] if recorder else [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         ),
@@ -690,8 +644,7 @@ def collect(plan: SweepPlan, storage: optuna.storages.BaseStorage, trials: list[
     front.sort(key=lambda r: tuple(-r[m] if d == "max" else r[m] for m, d in objectives))
     return SweepResult(
         name=plan.name, folder=plan.folder, study_name=plan.name,
-        storage_url=str(storage.url), tracking_uri=plan.tracking_uri
-        or f"sqlite:///{plan.folder / 'mlflow.db'}", objectives=objectives,
+        storage_url=str(storage.url), tracking_uri=plan.tracking_uri, objectives=objectives,
         parameters=list(plan.space.parameters), front=front, finished=finished, trials=trials,
         wall_s=wall,
     )
@@ -731,8 +684,16 @@ def summary(result: SweepResult) -> str:
         f"  Optuna study  {result.study_name} in {result.storage_url}",
         f"                (optuna-dashboard {result.storage_url})",
         f"  Ray results   {result.folder / 'tune'}",
-        f"  MLflow        {result.tracking_uri} (experiment {result.name})",
+        f"  MLflow        {result.tracking_uri} (experiment {result.name})" if
+        result.tracking_uri else "  MLflow        off (--tracking-uri none)",
     ]
+    if result.tracking_uri:  # how to read it back (the commands' defaults where they apply)
+        where = "" if result.tracking_uri == default_uri(sweep_folder(result.name)) else \
+            f" --tracking-uri {result.tracking_uri}"
+        lines += [f"                layertune front {result.name}{where}",
+                  f"                layertune export {result.name}{where} --knee -o model.pt"]
+        if result.tracking_uri == default_uri(result.folder):
+            lines += [f"                layertune ui {result.name} --storage {result.folder}"]
     errors = [r for r in ended if r["status"] == "error"]
     if errors:
         lines.append("failed trials:")
@@ -761,8 +722,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="gate-collapse",
                         help="early stopping (default gate-collapse)")
     parser.add_argument("--seed", type=int, help="sampler seed (overrides the search space)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///"
-                        "<sweep folder>/mlflow.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI: an MLflow server "
+                        "(http://host:port) or a database (default sqlite:///<sweep folder>/"
+                        "mlflow.db); 'none' records nothing")
     parser.add_argument("--resume", action="store_true",
                         help="continue the sweep --name after its driver stopped (Ctrl-C, a "
                         "crash): finished trials stay, running ones go on from their checkpoint")

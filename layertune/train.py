@@ -265,11 +265,14 @@ def run_trial(
     checkpoint: bool = False,
     resume_from: str | None = None,
     data: DataBundle | None = None,
+    last_checkpoint: Callable[[GatedNetwork, list[bool], str], None] | None = None,
 ) -> TrialResult:
     """Train ``config`` for its epochs, calling ``report`` after each one.
 
     With ``checkpoint`` each report carries a folder holding the whole trial state;
-    ``resume_from`` continues from such a folder.
+    ``resume_from`` continues from such a folder. ``last_checkpoint(model, keep, folder)`` may
+    add files to the last epoch's checkpoint folder before it is reported (the sweep puts the
+    compact network there, so the driver can record it from the trial's checkpoint).
     """
     trial = Trial(config, data)
     if resume_from:
@@ -281,6 +284,8 @@ def run_trial(
         if checkpoint:
             with tempfile.TemporaryDirectory(prefix="layertune-ckpt-") as folder:
                 trial.save(folder)
+                if last_checkpoint is not None and trial.epoch == config.epochs:
+                    last_checkpoint(trial.model, trial.keep(), folder)
                 report(metrics, folder)
         else:
             report(metrics, None)
