@@ -492,8 +492,8 @@ def multi_node_warnings(plan: SweepPlan, nodes: int | None = None) -> list[str]:
     lines = [f"the Ray cluster has {nodes} nodes: the sweep folder {plan.folder} must be "
              "shared storage every node mounts at that path (NFS or similar); on a node-local "
              "disk, trials on other nodes cannot save or restore checkpoints"]
-    uri = plan.tracking_uri or "sqlite:///"
-    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+    uri = plan.tracking_uri  # None: tracking is off
+    if uri is not None and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
         lines.append(f"the MLflow record ({plan.tracking_uri or 'sqlite in the sweep folder'})"
                      " is node-local: use an MLflow server (--tracking-uri http://HOST:5000) "
                      "to browse it from other machines")
