@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -439,6 +440,7 @@ def _start_ray(plan: SweepPlan) -> bool:
     if ray.is_initialized():
         return False
     address = plan.address or os.environ.get("RAY_ADDRESS")
+    _check_reachable(address)
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if not address:
         kwargs["include_dashboard"] = False
@@ -455,6 +457,22 @@ def _start_ray(plan: SweepPlan) -> bool:
         raise ConfigError(f"--address {address or 'local'}: cannot start or join Ray "
                           f"({first}){hint}") from None
     return True
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A host:port nobody answers at: say so now (``ray.init`` retries it for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: use host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"--address {address}: nothing answers at {host}:{port} "
+                          f"({err.strerror or err}); is the cluster up (ray start --head)?") \
+            from None
 
 
 def check_resources(plan: SweepPlan, nodes: list[dict] | None = None) -> None:
