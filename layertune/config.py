@@ -134,7 +134,9 @@ class TrialConfig(_Strict):
 
 
 def _format(err: ValidationError, source: str) -> str:
-    e = err.errors()[0]
+    errors = err.errors()
+    # A misspelt key also makes its intended key "missing": name the misspelling.
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in e["loc"]]
     if len(loc) > 1 and loc[0] == "model" and not loc[1].startswith("name"):
         loc.pop(1)  # the discriminator tag pydantic inserts

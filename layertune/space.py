@@ -167,7 +167,9 @@ class SearchSpace(_Strict):
 
 
 def _format(err: ValidationError, source: str) -> str:
-    e = err.errors()[0]
+    errors = err.errors()
+    # A misspelt key also makes its intended key "missing": name the misspelling.
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in e["loc"]]
     if len(loc) > 2 and loc[0] == "parameters" and loc[2] in ("float", "int", "categorical"):
         loc.pop(2)  # the discriminator tag pydantic inserts
