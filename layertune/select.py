@@ -62,6 +62,16 @@ class SweepRecord:
 
 def load_sweep(name: str, uri: str) -> SweepRecord:
     """The record of sweep ``name`` at ``uri``; ``ConfigError`` when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _load_sweep(name, uri)
+    except MlflowException as err:  # e.g. a database URI that does not answer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--tracking-uri {uri}: {first}") from None
+
+
+def _load_sweep(name: str, uri: str) -> SweepRecord:
     client = open_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage == "deleted":
