@@ -91,6 +91,10 @@ class MethodConfig(_Strict):
     prior_weight: float = Field(1.0, ge=0.0, description="lambda: prior against data")
     theta_lr: float = Field(0.05, gt=0.0, description="eta_theta: gate learning rate")
     theta_init: float = Field(1.0, gt=0.0, le=1.0, description="theta_0")
+    theta_averaging: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="beta: gate steps use an exponential average of the gradient (0: plain SGD)",
+    )
     estimator: Literal["first_order", "exact"] = "first_order"
     prune_patience: int = Field(50, ge=1, description="steps theta=0 and R1>R0 must hold")
     gates: Literal["learned", "fixed", "removed"] = Field(

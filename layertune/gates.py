@@ -23,7 +23,8 @@ class GateController:
     Per step: ``sample()`` draws ``z ~ Bernoulli(theta)`` and sets it on the network;
     after ``loss.backward()``, ``data_gradient`` estimates ``E[L | z=1] - E[L | z=0]``; after the
     weight optimiser's step, ``update`` applies the prior, projects
-    ``theta <- clip(theta - eta * g, 0, 1)`` and prunes sections that have held
+    ``theta <- clip(theta - eta * g_avg, 0, 1)`` (``g_avg``: an exponential average of the
+    gradient with factor ``averaging``; 0 is plain projected SGD) and prunes sections that have held
     ``theta == 0`` and ``R_1 > R_0`` for ``patience`` steps. ``update`` returns the parameters
     of the sections it removed so the caller can take them out of the optimiser.
     """
@@ -34,6 +35,7 @@ class GateController:
         settings: PriorSettings,
         *,
         theta_lr: float,
+        averaging: float = 0.0,
         theta_init: float = 1.0,
         estimator: str = "first_order",
         patience: int = 50,
@@ -45,12 +47,14 @@ class GateController:
         self.sections = model.sections
         self.prior = SectionPrior(self.sections, settings)
         self.theta_lr = theta_lr
+        self.averaging = averaging
         self.estimator = estimator
         self.patience = patience
         self.generator = generator
         num = len(self.sections)
         self.theta = torch.full((num,), float(theta_init), dtype=torch.float64)
         self.streak = torch.zeros(num, dtype=torch.long)
+        self.grad_avg = torch.zeros(num, dtype=torch.float64)
         self.pruned_at_step: dict[int, int] = {}
         self.steps = 0
         self._probe: Tensor | None = None
@@ -76,6 +80,7 @@ class GateController:
         return {
             "theta": self.theta.clone(),
             "streak": self.streak.clone(),
+            "grad_avg": self.grad_avg.clone(),
             "pruned_at_step": dict(self.pruned_at_step),
             "steps": self.steps,
         }
@@ -83,6 +88,7 @@ class GateController:
     def load_state_dict(self, state: dict) -> None:
         self.theta = state["theta"].clone().to(torch.float64)
         self.streak = state["streak"].clone()
+        self.grad_avg = state.get("grad_avg", torch.zeros_like(self.theta)).clone()
         self.pruned_at_step = {int(k): int(v) for k, v in state["pruned_at_step"].items()}
         self.steps = int(state["steps"])
 
@@ -137,9 +143,13 @@ class GateController:
         # A diverged loss gives NaN here: keep theta a probability; the epoch's loss check
         # then stops the trial with a clear error.
         grad = torch.where(grad.isfinite(), grad, 0.0)
+        # Averaging the noisy gradient keeps a gate whose mean gradient says "keep" at exactly 1
+        # (plain SGD lets single minibatches nudge it off 1 until the last step).
+        b = self.averaging
+        self.grad_avg = grad if self.steps == 1 else b * self.grad_avg + (1 - b) * grad
         self.prior.shrink_(q_host, self.theta, lr)
         alive = torch.tensor([not s.pruned for s in self.sections])
-        step = self.theta_lr * schedule * grad
+        step = self.theta_lr * schedule * self.grad_avg
         self.theta = torch.where(alive, (self.theta - step).clamp(0.0, 1.0), 0.0)
         # Pruning rule: theta at exactly 0 and the spike already preferred, for `patience` steps.
         holding = alive & (self.theta == 0.0) & (rent_host > 0.0)

@@ -93,6 +93,7 @@ class Trial:
             PriorSettings(m.prior_scale, m.spike_ratio, m.hyperprior_strength, m.prior_weight,
                           self.data.num_train),
             theta_lr=m.theta_lr,
+            averaging=m.theta_averaging,
             theta_init=m.theta_init if self.mode == "learned" else 1.0,
             estimator=m.estimator,
             patience=m.prune_patience,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -185,6 +186,31 @@ def test_section_held_at_zero_shrinks_while_the_network_trains() -> None:
         trial.step(x, y)
     assert all(b < a for a, b in itertools.pairwise(norms))
     assert norms[-1] < 0.5 * norms[0]
+
+
+# --- the gate step: plain projected SGD, or on an averaged gradient -------------------------
+
+
+def _steps_off_one(averaging: float) -> tuple[int, GateController]:
+    """Mean gradient -0.02 ("keep"), minibatch noise 0.05, as measured on reference (a)."""
+    gates = GateController(_tiny(depth=1), dataclasses.replace(SETTINGS, prior_weight=0.0),
+                           theta_lr=0.5, averaging=averaging)
+    noise = torch.Generator().manual_seed(0)
+    off = 0
+    for _ in range(500):
+        gates.update(-0.02 + 0.05 * torch.randn(1, generator=noise, dtype=torch.float64), lr=0.0)
+        off += gates.theta[0].item() < 1.0
+    return off, gates
+
+
+def test_averaging_the_gate_gradient_keeps_a_kept_gate_at_1() -> None:
+    plain, _ = _steps_off_one(0.0)
+    averaged, gates = _steps_off_one(0.9)
+    assert plain > 100  # single minibatches keep nudging it off 1
+    assert averaged < plain / 3
+    restored = GateController(gates.model, SETTINGS, theta_lr=0.5, averaging=0.9)
+    restored.load_state_dict(gates.state_dict())
+    assert torch.equal(restored.grad_avg, gates.grad_avg)
 
 
 # --- properties 1 and 6, reduced: one seed of reference experiment (a) ----------------------
