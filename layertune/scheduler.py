@@ -14,7 +14,6 @@ import math
 import pickle
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -44,10 +43,12 @@ class GateCollapseScheduler(FIFOScheduler):
       - Otherwise it runs on (and is judged again at its next epoch).
 
     * **Undecided** trial (some gate strictly between 0 and 1): runs on until ``decide_by``
-      epochs. From then on it is judged like ASHA on accuracy: at the rungs
-      ``decide_by * reduction_factor**k`` it stops when its ``val_accuracy`` is below the
-      ``1 - 1/reduction_factor`` quantile of the accuracies every trial (collapsed or not)
-      reported at that rung before it.
+      epochs. From then on it is judged like ASHA, but on both objectives: at the rungs
+      ``decide_by * reduction_factor**k`` it stops when at least ``n / reduction_factor`` of the
+      ``n`` trials (collapsed or not) that reported at that rung before it dominate it (no
+      lower ``val_accuracy``, no more ``active_layers``, one of them strictly). With equal
+      depths this is ASHA's cut (keep the top ``1/reduction_factor`` by accuracy); a trial
+      that is pruning, and so briefly less accurate, is not cut by deeper, more accurate ones.
 
     Every stop is recorded in ``stops[trial_id]`` as ``stopped_by`` (``degenerate``,
     ``dominated`` or ``asha``) and ``stop_reason`` (one line); ``StopReasonCallback`` writes
@@ -106,8 +107,8 @@ class GateCollapseScheduler(FIFOScheduler):
         self._collapsed_attr = collapsed_attr
         # epoch -> trial_id -> (accuracy, active sections): the equal-budget table.
         self._by_epoch: dict[int, dict[str, tuple[float, float]]] = {}
-        # rung epoch -> trial_id -> accuracy (ASHA part).
-        self._rungs: dict[int, dict[str, float]] = {}
+        # rung epoch -> trial_id -> (accuracy, active sections) (ASHA part).
+        self._rungs: dict[int, dict[str, tuple[float, float]]] = {}
         self._last_epoch: dict[str, int] = {}
         self.stops: dict[str, dict[str, Any]] = {}
 
@@ -172,13 +173,12 @@ class GateCollapseScheduler(FIFOScheduler):
         if rung is None or trial_id in self._rungs.get(rung, {}):
             return None
         recorded = [v for k, v in self._rungs.get(rung, {}).items() if k != trial_id]
-        if not recorded:
-            return None
-        cutoff = float(np.nanpercentile(recorded, (1 - 1 / self.reduction_factor) * 100))
-        if acc < cutoff:
+        better = sum(_dominates(other, (acc, active)) for other in recorded)
+        if better and better >= len(recorded) / self.reduction_factor:
             return "asha", (
                 f"undecided ({int(result.get('undecided_layers', -1))} gates) at epoch {epoch}:"
-                f" val_accuracy {acc:.4f} < rung cutoff {cutoff:.4f} of {len(recorded)} trials"
+                f" {better} of {len(recorded)} trials at this rung dominate val_accuracy "
+                f"{acc:.4f} with {active:g} active sections"
             )
         return None
 
@@ -199,7 +199,7 @@ class GateCollapseScheduler(FIFOScheduler):
         self._by_epoch.setdefault(epoch, {})[trial_id] = (acc, active)
         rung = self._rung(epoch)
         if rung is not None:
-            self._rungs.setdefault(rung, {}).setdefault(trial_id, acc)
+            self._rungs.setdefault(rung, {}).setdefault(trial_id, (acc, active))
 
     def on_trial_complete(
         self, tune_controller: TuneController, trial: Trial, result: dict
@@ -224,6 +224,11 @@ class GateCollapseScheduler(FIFOScheduler):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """``a`` = (accuracy, active sections) is no worse than ``b`` in both, better in one."""
+    return a[0] >= b[0] and a[1] <= b[1] and a != b
 
 
 class RecordingASHA(AsyncHyperBandScheduler):

@@ -410,10 +410,11 @@ def chance_accuracy(trial: TrialConfig) -> float:
 
 
 def decide_by(settings: CollapseSettings, epochs: int) -> int:
-    """Default: a quarter of the epochs (at least the grace epochs)."""
+    """Default: a fifth of the epochs (at least the grace epochs); docs/results.md, sweep
+    efficiency, has the replays that chose it."""
     if settings.decide_by is not None:
         return settings.decide_by
-    return max(settings.grace_epochs, math.ceil(epochs / 4))
+    return max(settings.grace_epochs, math.ceil(epochs / 5))
 
 
 def make_scheduler(plan: SweepPlan) -> Any:

@@ -126,6 +126,30 @@ def test_asha_part_cuts_below_the_rung_quantile_and_keeps_the_rest():
     assert all(v[STOPPED_BY] == "asha" for v in s2.stops.values())
 
 
+def test_asha_part_keeps_a_shallower_trial_that_deeper_ones_beat_on_accuracy():
+    s = make(decide_by=2, reduction_factor=2.0)
+    for name, acc in [("a", 0.9), ("b", 0.85)]:
+        feed(s, trial(name), result(2, acc, 8, undecided=4))
+    # pruning: less accurate than both, but with fewer sections nobody dominates it
+    assert feed(s, trial("pruning"), result(2, 0.7, 5, undecided=3)) == CONTINUE
+    # as deep as a and b and less accurate; as accurate as "pruning" and deeper: all 3 dominate
+    assert feed(s, trial("deep"), result(2, 0.7, 8, undecided=3)) == STOP
+    assert "3 of 3 trials" in s.stops["deep"][STOP_REASON]
+
+
+def test_asha_part_needs_n_over_reduction_factor_dominating_trials():
+    s = make(decide_by=2, reduction_factor=3.0)
+    for name, (acc, active) in {"a": (0.9, 8), "b": (0.6, 2), "c": (0.5, 2)}.items():
+        feed(s, trial(name), result(2, acc, active, undecided=1))
+    # dominated by a only: 1 of 3, and 1 >= 3 / 3: cut
+    assert feed(s, trial("x"), result(2, 0.8, 8, undecided=1)) == STOP
+    s2 = make(decide_by=2, reduction_factor=3.0)
+    for name, (acc, active) in {"a": (0.9, 8), "b": (0.6, 2), "c": (0.5, 2), "d": (0.4, 1)}.items():
+        feed(s2, trial(name), result(2, acc, active, undecided=1))
+    # 1 of 4 dominate it, fewer than 4 / 3: kept
+    assert feed(s2, trial("x"), result(2, 0.8, 8, undecided=1)) == CONTINUE
+
+
 def test_asha_rungs_follow_the_reduction_factor():
     s = make(decide_by=2, reduction_factor=3.0, max_t=100)
     assert [e for e in range(1, 40) if s._rung(e) is not None] == [2, 6, 18]
