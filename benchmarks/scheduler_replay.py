@@ -1,0 +1,168 @@
+"""Scheduler replay: FIFO sweeps fed again, offline, through early-stopping rules.
+
+A FIFO sweep (every trial runs all its epochs) holds each trial's whole history. Feeding those
+histories to a scheduler, trials started in their original order on ``--slots`` slots and each
+epoch taking the time it took, shows what that scheduler would have spent and kept, in seconds
+instead of a sweep per setting. Training is seeded, so a stopped trial's epochs up to the stop are
+the ones it would have run; only the interleaving of trials is modelled (from epoch times).
+
+    .venv/bin/python benchmarks/sweep_efficiency.py --schedulers fifo   # the sweeps to replay
+    .venv/bin/python benchmarks/scheduler_replay.py
+
+Per rule and seed: trial-epochs as a share of FIFO's, and the hypervolume of the finished trials'
+front as a share of FIFO's (reference point of sweep_efficiency.py). Prints a Markdown table,
+writes ``benchmarks/out/scheduler_replay.json`` and its section of docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from layertune.front import hypervolume, pareto_front
+from layertune.scheduler import GateCollapseScheduler, RecordingASHA
+
+try:
+    from results_table import write_section
+    from sweep_efficiency import REFERENCE
+except ImportError:  # imported as benchmarks.scheduler_replay
+    from benchmarks.results_table import write_section
+    from benchmarks.sweep_efficiency import REFERENCE
+
+ROOT = Path(__file__).resolve().parent.parent
+OBJECTIVES = [("val_accuracy", "max"), ("active_layers", "min")]
+History = tuple[str, list[dict]]
+
+
+class AccuracyRungs(GateCollapseScheduler):
+    """The rule with ASHA's cut on accuracy alone at the rungs (its first version)."""
+
+    def judge(self, trial_id: str, result: dict) -> tuple[str, str] | None:
+        if int(result.get(self._collapsed_attr, 0)) == 1:
+            return super().judge(trial_id, result)
+        rung = self._rung(int(result[self._time_attr]))
+        if rung is None or trial_id in self._rungs.get(rung, {}):
+            return None
+        recorded = [acc for k, (acc, _) in self._rungs.get(rung, {}).items() if k != trial_id]
+        if not recorded:
+            return None
+        cutoff = float(np.percentile(recorded, (1 - 1 / self.reduction_factor) * 100))
+        return ("asha", "below the rung cutoff") if result[self._metric] < cutoff else None
+
+
+def load(folder: Path) -> list[History]:
+    """Each trial's reports, in the order the trials started."""
+    trials = []
+    for path in folder.glob("tune/trial_*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            trials.append((rows[0]["timestamp"] - rows[0]["time_total_s"], rows[0]["trial_id"],
+                           rows))
+    return [(tid, rows) for _, tid, rows in sorted(trials)]
+
+
+def replay(trials: list[History], scheduler: TrialScheduler, slots: int) -> tuple[int, list]:
+    """Trial-epochs spent and the last reports of the trials that were not stopped."""
+    queue, running, finished, spent, started = list(trials), [], [], 0, 0
+
+    def start(now: float) -> None:
+        nonlocal started
+        tid, rows = queue.pop(0)
+        started += 1
+        trial = Trial("__fake", trial_id=tid, config=rows[0]["config"], stub=True)
+        scheduler.on_trial_add(None, trial)
+        heapq.heappush(running, (now + rows[0]["time_this_iter_s"], started, trial, rows, 0))
+
+    while queue and len(running) < slots:
+        start(0.0)
+    while running:
+        now, order, trial, rows, i = heapq.heappop(running)
+        last = i == len(rows) - 1
+        spent += 1
+        action = scheduler.on_trial_result(None, trial, rows[i] | {"done": last})
+        if last:
+            finished.append(rows[i])
+        if last or action == TrialScheduler.STOP:
+            if queue:
+                start(now)
+        else:
+            heapq.heappush(running, (now + rows[i + 1]["time_this_iter_s"], order, trial, rows,
+                                     i + 1))
+    return spent, finished
+
+
+def front_hv(rows: list[dict]) -> float:
+    front = [rows[i] for i in pareto_front(rows, OBJECTIVES)]
+    return hypervolume(front, OBJECTIVES, [REFERENCE[m] for m, _ in OBJECTIVES])
+
+
+def rules(epochs: int) -> dict[str, Callable[[], TrialScheduler]]:
+    asha = dict(time_attr="epoch", metric="val_accuracy", mode="max", max_t=epochs,
+                reduction_factor=3)
+    return {
+        "gate-collapse, decide_by 4 (default)": lambda: GateCollapseScheduler(max_t=epochs,
+                                                                              decide_by=4),
+        "gate-collapse, decide_by 5": lambda: GateCollapseScheduler(max_t=epochs, decide_by=5),
+        "gate-collapse, decide_by 3": lambda: GateCollapseScheduler(max_t=epochs, decide_by=3),
+        "accuracy-only rungs, decide_by 5": lambda: AccuracyRungs(max_t=epochs, decide_by=5),
+        "accuracy-only rungs, decide_by 4": lambda: AccuracyRungs(max_t=epochs, decide_by=4),
+        "ASHA, grace 4": lambda: RecordingASHA(grace_period=4, **asha),
+        "ASHA, grace 5": lambda: RecordingASHA(grace_period=5, **asha),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folders", nargs="*", type=Path, help="FIFO sweep folders (default: "
+                   "benchmarks/out/sweep_efficiency/fifo-seed*)")
+    p.add_argument("--slots", type=int, default=2, help="trials at a time (default 2)")
+    p.add_argument("--no-docs", action="store_true", help="leave docs/results.md alone")
+    args = p.parse_args(argv)
+    folders = args.folders or sorted((ROOT / "benchmarks/out/sweep_efficiency").glob("fifo-*"))
+    if not folders:
+        raise SystemExit("no FIFO sweeps to replay: run benchmarks/sweep_efficiency.py first")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for folder in folders:
+        trials = load(folder)
+        epochs = max(len(rows) for _, rows in trials)
+        fifo_spent, fifo_rows = replay(trials, FIFOScheduler(), args.slots)
+        for name, make in rules(epochs).items():
+            spent, rows = replay(trials, make(), args.slots)
+            runs.setdefault(name, []).append({
+                "sweep": folder.name, "trial_epochs": spent, "of_fifo": spent / fifo_spent,
+                "hv_of_fifo": front_hv(rows) / front_hv(fifo_rows)})
+    lines = ["| rule | " + " | ".join(f"{f.name}: epochs / HV of FIFO" for f in folders)
+             + " | mean | worst HV |", "|---|" + "---|" * (len(folders) + 2)]
+    for name, per in runs.items():
+        cells = " | ".join(f"{r['of_fifo']:.0%} / {r['hv_of_fifo']:.1%}" for r in per)
+        mean = (f"{statistics.fmean(r['of_fifo'] for r in per):.0%} / "
+                f"{statistics.fmean(r['hv_of_fifo'] for r in per):.1%}")
+        lines.append(f"| {name} | {cells} | {mean} | {min(r['hv_of_fifo'] for r in per):.1%} |")
+    text = "\n".join(lines)
+    print(text)
+    out = ROOT / "benchmarks" / "out" / "scheduler_replay.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"folders": [str(f) for f in folders], "slots": args.slots,
+                               "reference": REFERENCE, "runs": runs}, indent=2))
+    if not args.no_docs:
+        write_section("scheduler_replay", (
+            "## Scheduler replay: the FIFO sweeps through other rules\n\n"
+            "`.venv/bin/python benchmarks/scheduler_replay.py` (after sweep_efficiency.py): each "
+            f"FIFO sweep's histories fed again through a rule, {args.slots} trials at a time in "
+            "their original order, epochs timed as they ran; trial-epochs and hypervolume of "
+            "the finished trials' front, each as a share of FIFO's.\n\n" + text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
