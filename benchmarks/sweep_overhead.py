@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| trials ended | driver peak RSS MB | driver RSS MB |",
         "|---|---|---|",
-        f"| 0 (Ray started) | {start_peak:.0f} | {start_rss:.0f} |",
+        f"| 0 (before the sweep) | {start_peak:.0f} | {start_rss:.0f} |",
         *[f"| {k} | {v['peak_mb']:.0f} | {v['rss_mb']:.0f} |" for k, v in probe.seen.items()],
     ]
     text = "\n".join(lines)
