@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "sweep_efficiency"))
     p.add_argument("--live", action="store_true", help="show each sweep's live table")
     p.add_argument("--address", help="Ray cluster to join (default: a local Ray)")
+    p.add_argument("--no-docs", action="store_true", help="leave docs/results.md alone")
     args = p.parse_args(argv)
     ray.init(address=args.address, include_dashboard=False if not args.address else None,
              log_to_driver=False)
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                  default=str))
     text = table(report)
     print(text)
+    if args.no_docs:
+        return 0
     write_section("sweep_efficiency", (
         f"## Sweep efficiency: gate collapse vs ASHA vs FIFO\n\n"
         f"`.venv/bin/python benchmarks/sweep_efficiency.py` ({report['samples']} trials of "
