@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.samples} trials of {Path(args.trial).name} over {Path(args.space).name} "
         f"(`{sets}`, seed {args.seed}, scheduler {args.scheduler}, 2 at a time on CPU) with "
         "tracking and with "
-        "`--tracking-uri none`. This 2-core machine was shared with other CPU jobs while it "
-        "ran, so the sweep wall times are noisy.\n\n" + text))
+        "`--tracking-uri none`, alternated.\n\n" + text))
     print(f"\nwrote {out.parent / 'tracking_overhead.json'}")
     return 0
 
