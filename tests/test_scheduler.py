@@ -111,7 +111,7 @@ def test_undecided_trial_runs_until_decide_by():
     assert s.stops["low"][STOPPED_BY] == "asha"
 
 
-def test_asha_part_cuts_below_the_rung_quantile_and_keeps_the_rest():
+def test_asha_part_at_equal_depths_cuts_like_asha_and_keeps_the_rest():
     s = make(decide_by=2, reduction_factor=2.0)
     for name, acc in [("a", 0.5), ("b", 0.6), ("c", 0.7), ("d", 0.8)]:
         feed(s, trial(name), result(1, acc, 8, undecided=4))
