@@ -29,15 +29,14 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from layertune.front import hypervolume, pareto_front
 from layertune.scheduler import GateCollapseScheduler, RecordingASHA
 
 try:
     from results_table import write_section
-    from sweep_efficiency import REFERENCE
+    from sweep_efficiency import REFERENCE, front_hv
 except ImportError:  # imported as benchmarks.scheduler_replay
     from benchmarks.results_table import write_section
-    from benchmarks.sweep_efficiency import REFERENCE
+    from benchmarks.sweep_efficiency import REFERENCE, front_hv
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = [("val_accuracy", "max"), ("active_layers", "min")]
@@ -101,11 +100,6 @@ def replay(trials: list[History], scheduler: TrialScheduler, slots: int) -> tupl
     return spent, finished
 
 
-def front_hv(rows: list[dict]) -> float:
-    front = [rows[i] for i in pareto_front(rows, OBJECTIVES)]
-    return hypervolume(front, OBJECTIVES, [REFERENCE[m] for m, _ in OBJECTIVES])
-
-
 def rules(epochs: int) -> dict[str, Callable[[], TrialScheduler]]:
     asha = dict(time_attr="epoch", metric="val_accuracy", mode="max", max_t=epochs,
                 reduction_factor=3)
@@ -140,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             spent, rows = replay(trials, make(), args.slots)
             runs.setdefault(name, []).append({
                 "sweep": folder.name, "trial_epochs": spent, "of_fifo": spent / fifo_spent,
-                "hv_of_fifo": front_hv(rows) / front_hv(fifo_rows)})
+                "hv_of_fifo": front_hv(rows, OBJECTIVES) / front_hv(fifo_rows, OBJECTIVES)})
     lines = ["| rule | " + " | ".join(f"{f.name}: epochs / HV of FIFO" for f in folders)
              + " | mean | worst HV |", "|---|" + "---|" * (len(folders) + 2)]
     for name, per in runs.items():

@@ -18,6 +18,8 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from .front import dominates
+
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
@@ -173,7 +175,7 @@ class GateCollapseScheduler(FIFOScheduler):
         if rung is None or trial_id in self._rungs.get(rung, {}):
             return None
         recorded = [v for k, v in self._rungs.get(rung, {}).items() if k != trial_id]
-        better = sum(_dominates(other, (acc, active)) for other in recorded)
+        better = sum(dominates((-o_acc, o_active), (-acc, active)) for o_acc, o_active in recorded)
         if better and better >= len(recorded) / self.reduction_factor:
             return "asha", (
                 f"undecided ({int(result.get('undecided_layers', -1))} gates) at epoch {epoch}:"
@@ -224,11 +226,6 @@ class GateCollapseScheduler(FIFOScheduler):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
-
-
-def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """``a`` = (accuracy, active sections) is no worse than ``b`` in both, better in one."""
-    return a[0] >= b[0] and a[1] <= b[1] and a != b
 
 
 class RecordingASHA(AsyncHyperBandScheduler):
