@@ -34,6 +34,7 @@ import ray
 from optuna.trial import TrialState
 from ray import tune
 
+from .checkpoint_pruner import CheckpointPruner
 from .config import ConfigError, TrialConfig, load_trial
 from .front import format_table, pareto_front
 from .scheduler import (
@@ -577,6 +578,9 @@ def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
               f"{plan.cpus_per_trial:g} CPU + {plan.gpus_per_trial:g} GPU per trial; "
               f"Ray has {_resources_text()}"
               + (f"; resuming from {plan.folder}" if plan.resume else ""), flush=True)
+    # Tune saves its experiment state every >= 10 s by default; every second, a resume repeats
+    # at most a second of work and CheckpointPruner frees old checkpoints soon after.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     t0 = time.monotonic()
     try:
         tuner.fit()
@@ -634,8 +638,9 @@ def _new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, trainable: 
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(plan.folder), verbose=0,
-            callbacks=[StopReasonCallback(scheduler), monitor, *([recorder] if recorder else [])],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[StopReasonCallback(scheduler), monitor,
+                       CheckpointPruner(plan.folder / "tune"), *([recorder] if recorder else [])],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # the pruner deletes
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         ),
     )
