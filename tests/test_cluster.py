@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import ray
 from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
+from ray_record import ray_reports
 
 from layertune.search import open_storage
 from layertune.sweep import multi_node_warnings, plan_sweep, run_sweep
@@ -20,7 +20,7 @@ TRIAL = """\
 data: {name: digits, batch_size: 64, val_fraction: 0.2}
 model: {name: mlp, depth: 4, width: 32}
 optimizer: {lr: 0.05}
-epochs: 25
+epochs: 80
 seed: 0
 """
 
@@ -33,21 +33,11 @@ objectives:
 sampler: {name: random, seed: 0}
 """
 
-SAMPLES, EPOCHS = 4, 25
+SAMPLES, EPOCHS = 4, 80  # long enough to be seen midway (see ray_record)
 
 
 def results(storage: Path) -> dict[str, list[dict]]:
-    out = {}
-    for f in sorted((storage / "tune").glob("trial_*/result.json")):
-        rows = []
-        for line in f.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break
-        if rows:
-            out[rows[-1]["trial_id"]] = rows
-    return out
+    return {k: rows for k, rows in ray_reports(storage).items() if rows}
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ and MLflow.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -19,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray_record import ray_reports
 
 from layertune.search import open_storage
 
@@ -64,18 +64,10 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def results(storage: Path) -> dict[str, list[dict]]:
-    """Ray's record: trial id -> every result line it stored (the last line may be partial)."""
-    out = {}
-    for f in sorted((storage / "tune").glob("trial_*/result.json")):
-        rows = []
-        for line in f.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break  # being written
-        if rows:
-            out[rows[-1]["trial_id"]] = rows
-    return out
+    """Trials that have reported; an epoch here takes ~0.1 s and Ray copies reports into the
+    sweep folder about once a second, so the trials below run for several seconds to be seen
+    midway."""
+    return {k: rows for k, rows in ray_reports(storage).items() if rows}
 
 
 def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
@@ -139,7 +131,7 @@ def epochs_of(rows: list[dict]) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_a_stopped_driver_resumes_with_nothing_lost_or_run_twice(tmp_path: Path, sig) -> None:
-    epochs, samples = 12, 5
+    epochs, samples = 60, 5
     trial, space = write_inputs(tmp_path, epochs)
     storage = tmp_path / "sweep"
     args = sweep_args(trial, space, storage, samples)
@@ -175,7 +167,7 @@ def test_a_stopped_driver_resumes_with_nothing_lost_or_run_twice(tmp_path: Path,
 
 
 def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
-    epochs, samples = 30, 2
+    epochs, samples = 100, 2
     trial, space = write_inputs(tmp_path, epochs)
     storage = tmp_path / "sweep"
     log = tmp_path / "sweep.log"

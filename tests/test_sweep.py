@@ -20,6 +20,7 @@ import optuna
 import pytest
 import ray
 from optuna.trial import TrialState
+from ray_record import ray_reports
 
 from layertune.config import ConfigError, MethodConfig
 from layertune.front import dominates, format_table, hypervolume, pareto_front
@@ -305,18 +306,9 @@ def sweep(tmp_path_factory):
         ray.shutdown()
 
 
-def ray_trials(folder: Path) -> dict[str, list[dict]]:
-    """Ray's own record: trial id -> the results in its result.json."""
-    out = {}
-    for f in sorted((folder / "tune").glob("trial_*/result.json")):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        out[rows[-1]["trial_id"]] = rows
-    return out
-
-
 def test_sweep_ran_every_trial_two_at_a_time(sweep):
     plan, result = sweep
-    trials = ray_trials(plan.folder)
+    trials = ray_reports(plan.folder)
     assert len(trials) == SAMPLES == len(result.trials)
     assert all(r["status"] in ("done", "stopped") for r in result.trials), result.trials
     spans = [(r["started_s"], r["ended_s"]) for r in result.trials]
@@ -326,7 +318,7 @@ def test_sweep_ran_every_trial_two_at_a_time(sweep):
 
 def test_front_is_the_brute_force_front_of_the_finished_trials(sweep):
     plan, result = sweep
-    trials = ray_trials(plan.folder)
+    trials = ray_reports(plan.folder)
     last = {tid: rows[-1] for tid, rows in trials.items()}
     finished = [r for r in last.values() if not r.get("stopped_by")]
     stopped = {tid for tid, r in last.items() if r.get("stopped_by")}
@@ -345,9 +337,9 @@ def test_front_is_the_brute_force_front_of_the_finished_trials(sweep):
 
 def test_stopped_trials_carry_the_reason_and_are_pruned_in_optuna(sweep):
     plan, result = sweep
-    last = {tid: rows[-1] for tid, rows in ray_trials(plan.folder).items()}
+    last = {tid: rows[-1] for tid, rows in ray_reports(plan.folder).items()}
     stopped = {tid: r for tid, r in last.items() if r.get("stopped_by")}
-    first = {tid: rows[0] for tid, rows in ray_trials(plan.folder).items()}
+    first = {tid: rows[0] for tid, rows in ray_reports(plan.folder).items()}
     # a trial that collapsed to no sections in epoch 1 is stopped right there as degenerate
     empty = {t for t, r in first.items() if r["collapsed"] == 1 and r["active_layers"] < 1}
     assert empty, "the seed should sample the gate mode without sections"
@@ -409,4 +401,4 @@ def test_a_sweep_is_never_overwritten_and_resuming_a_finished_one_runs_nothing(s
     assert len(study.trials) == SAMPLES and not result.interrupted
     assert result.trials == []  # every trial had ended: none ran again
     assert [r["ray_trial"] for r in result.front] == [r["ray_trial"] for r in first.front]
-    assert len(ray_trials(folder)) == SAMPLES
+    assert len(ray_reports(folder)) == SAMPLES

@@ -28,6 +28,7 @@ import pytest
 import ray
 import torch
 from mlflow import MlflowClient
+from ray_record import ray_reports
 
 from layertune.cli import main
 from layertune.config import ConfigError
@@ -76,16 +77,6 @@ def sweep(tmp_path_factory):
         ray.shutdown()
 
 
-def ray_results(folder: Path) -> dict[str, list[dict]]:
-    """Ray's own record: trial id -> its reports (empty for a trial that failed at once)."""
-    out = {}
-    for d in sorted((folder / "tune").glob("trial_*")):
-        f = d / "result.json"
-        lines = f.read_text().splitlines() if f.exists() else []
-        out[d.name.removeprefix("trial_")] = [json.loads(x) for x in lines if x.strip()]
-    return out
-
-
 def runs(client: MlflowClient) -> tuple[object, dict[str, object]]:
     """(the sweep run, Ray trial id -> trial run)."""
     exp = client.get_experiment_by_name("tr")
@@ -118,7 +109,7 @@ def one_error_line(capsys) -> str:
 def test_one_parent_one_child_per_trial_none_running(sweep):
     plan, _, client = sweep
     parent, children = runs(client)
-    assert set(children) == set(ray_results(plan.folder)) and len(children) == SAMPLES
+    assert set(children) == set(ray_reports(plan.folder)) and len(children) == SAMPLES
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id
                for r in children.values())
     assert parent.info.status == "FINISHED"
@@ -138,7 +129,7 @@ def test_one_parent_one_child_per_trial_none_running(sweep):
 def test_every_report_is_one_step_with_every_gate(sweep):
     plan, _, client = sweep
     _, children = runs(client)
-    reported = ray_results(plan.folder)
+    reported = ray_reports(plan.folder)
     for tid, rows in reported.items():
         run_id = children[tid].info.run_id
         history = client.get_metric_history(run_id, "val_accuracy")
@@ -163,7 +154,7 @@ def test_statuses_and_reasons(sweep):
     plan, _, client = sweep
     _, children = runs(client)
     seen = set()
-    for tid, rows in ray_results(plan.folder).items():
+    for tid, rows in ray_reports(plan.folder).items():
         tags, status = children[tid].data.tags, children[tid].info.status
         error = plan.folder / "tune" / f"trial_{tid}" / "error.txt"
         if error.exists():
@@ -225,7 +216,7 @@ def test_parent_run_has_config_versions_and_the_front(sweep, tmp_path):
     # hypervolume after each trial ended, the last one that of the final front
     hv = client.get_metric_history(parent.info.run_id, "hypervolume")
     assert sorted(m.step for m in hv) == list(range(1, SAMPLES + 1))
-    last = ray_results(plan.folder)
+    last = ray_reports(plan.folder)
     finished = [{**rows[-1]} for tid, rows in last.items()
                 if children[tid].data.tags["status"] == "finished"]
     front = [r for r in finished if r["trial_id"] in brute_front(finished)]
@@ -250,7 +241,7 @@ def test_parent_run_has_config_versions_and_the_front(sweep, tmp_path):
 
 def test_front_is_the_brute_force_front_of_finished_trials(sweep):
     plan, result, _ = sweep
-    last = {tid: rows[-1] for tid, rows in ray_results(plan.folder).items() if rows}
+    last = {tid: rows[-1] for tid, rows in ray_reports(plan.folder).items() if rows}
     errors = {tid for tid in last if (plan.folder / "tune" / f"trial_{tid}" / "error.txt")
               .exists()}
     finished = [r for tid, r in last.items() if not r.get("stopped_by") and tid not in errors]
