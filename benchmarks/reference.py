@@ -10,6 +10,7 @@ benchmarks/out/reference.json and the "reference" section of docs/results.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -40,16 +41,23 @@ def run(trial: str, seed: int, **overrides) -> dict:
         "val_accuracy": f["val_accuracy"], "test_accuracy": (result.test or {}).get("accuracy"),
         "active": f["active_layers"], "total": f["total_layers"],
         "undecided": f["undecided_layers"], "train_flops": f["train_flops"],
+        # gates still inside (0, 1) after the last epoch, and how many of them the
+        # end-of-training decision set to the vertex that rounding would not have chosen
+        "decided": len(result.decided),
+        "against_rounding": sum((t >= 0.5) != (f["theta"][i] == 1.0)
+                                for i, t in result.decided.items()),
         "first_epoch_s": result.history[0]["epoch_seconds"],
         "last_epoch_s": f["epoch_seconds"],
+        # item 7: the first epoch that ran from start to end with at most half the sections
         "half_pruned_epoch_s": next(
-            (h["epoch_seconds"] for h in result.history[1:]
-             if h["active_layers"] <= h["total_layers"] / 2), None),
+            (h["epoch_seconds"] for prev, h in itertools.pairwise(result.history)
+             if prev["active_layers"] <= prev["total_layers"] / 2), float("nan")),
         "pruned_at": {str(k): v for k, v in result.pruned_at.items()},
         "wall_s": time.perf_counter() - start,
     }
     print(f"  {trial} seed {seed} gates {row['gates']}: val {row['val_accuracy']:.4f} "
-          f"sections {row['active']}/{row['total']} undecided {row['undecided']} "
+          f"sections {row['active']}/{row['total']} decided at the end {row['decided']} "
+          f"({row['against_rounding']} against rounding), undecided {row['undecided']} "
           f"({row['wall_s']:.0f}s)", flush=True)
     return row
 
@@ -70,9 +78,11 @@ def main() -> None:
     def pick(trial: str, gates: str) -> list[dict]:
         return [r for r in rows if r["trial"] == trial and r["gates"] == gates]
 
-    lines = ["| experiment | seeds | sections kept | undecided | val acc | gates-fixed val acc | "
-             "no-sections val acc | first / last epoch s | train FLOPs vs fixed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | seeds | sections kept | decided at the end (against rounding) | "
+             "undecided | val acc | gates-fixed val acc | "
+             "no-sections val acc | first / half-pruned / last epoch s | "
+             "train FLOPs vs fixed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     checks = {}
     fixed_of = {"trials/mnist1d_cnn_deep.yaml": "trials/mnist1d_cnn.yaml"}
     for trial in TRIALS:
@@ -85,14 +95,19 @@ def main() -> None:
         lines.append(
             f"| {Path(trial).stem} | {len(learned)} | "
             f"{', '.join(str(r['active']) for r in learned)} of {learned[0]['total']} | "
+            f"{', '.join(str(r['decided']) for r in learned)} "
+            f"({sum(r['against_rounding'] for r in learned)}) | "
             f"{', '.join(str(r['undecided']) for r in learned)} | {acc:.4f} | {facc:.4f} | "
             f"{removed[0]['val_accuracy']:.4f} | "
             f"{mean(r['first_epoch_s'] for r in learned):.2f} / "
+            f"{mean(r['half_pruned_epoch_s'] for r in learned):.2f} / "
             f"{mean(r['last_epoch_s'] for r in learned):.2f} | {flops:.2f} |"
         )
         checks[trial] = {"accuracy_gap_points": 100 * (facc - acc),
                          "depth_spread": max(r["active"] for r in learned)
-                         - min(r["active"] for r in learned)}
+                         - min(r["active"] for r in learned),
+                         "worst_half_pruned_over_first_epoch": max(
+                             r["half_pruned_epoch_s"] / r["first_epoch_s"] for r in learned)}
     a8 = mean(r["active"] for r in pick("trials/mnist1d_cnn.yaml", "learned"))
     a16 = mean(r["active"] for r in pick("trials/mnist1d_cnn_deep.yaml", "learned"))
     checks["deep_minus_shallow_sections"] = a16 - a8

@@ -58,6 +58,11 @@ def train_command(args: argparse.Namespace) -> int:
     f = result.final
     pruned = ", ".join(f"{i} (epoch {e})" for i, e in sorted(result.pruned_at.items())) or "none"
     print(f"kept {f['active_layers']}/{f['total_layers']} sections; removed: {pruned}")
+    if result.decided:
+        decided = ", ".join(f"{i} ({t:.8g} -> {f['theta'][i]:g})"
+                            for i, t in sorted(result.decided.items()))
+        print(f"gates still inside (0, 1) after the last epoch, set to the vertex where the "
+              f"objective is lower: {decided}")
     if result.test:
         print(f"test accuracy {result.test['accuracy']:.4f}")
     print(f"wrote {out / 'result.json'} and {paths['torchscript']}")

@@ -96,6 +96,10 @@ class MethodConfig(_Strict):
         description="beta: gate steps use an exponential average of the gradient (0: plain SGD)",
     )
     estimator: Literal["first_order", "exact"] = "first_order"
+    decide_at_end: bool = Field(
+        True, description="after the last epoch, set gates still inside (0, 1) to the vertex "
+        "where J is lower (exact loss difference on training data plus the prior)",
+    )
     prune_patience: int = Field(50, ge=1, description="steps theta=0 and R1>R0 must hold")
     gates: Literal["learned", "fixed", "removed"] = Field(
         "learned", description="fixed: every gate at 1 (baseline); removed: no sections at all"

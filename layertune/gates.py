@@ -7,7 +7,7 @@ Python control flow); one device-to-host copy per step brings back dL/dz and ``Q
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +129,31 @@ class GateController:
                 diffs[i] = on - off
         self.model.set_gates(z)
         return diffs
+
+    @torch.no_grad()
+    def decide(self, loss_of: Callable[[list[float]], float]) -> dict[int, float]:
+        """Set every gate still inside (0, 1) to the vertex of [0, 1] where J is lower.
+
+        J is affine in each ``theta_l``, so along one gate its minimum sits at 0 or 1, on the
+        side given by ``L(z_l = 1) - L(z_l = 0) + (lambda/N)(R_1 - R_0)``. ``loss_of(z)`` gives
+        the data part exactly (the deterministic network's loss with gates ``z``); the other
+        gates take their rounded values, and gates decided earlier in the pass their vertex.
+        Returns each decided gate's value before the decision.
+        """
+        rent = self.prior.rent(self.prior.quadratic()).cpu().double()
+        before = {}
+        for i in self.alive:
+            t = float(self.theta[i])
+            if not 0.0 < t < 1.0:
+                continue
+            z = self.deterministic()
+            z[i] = 1.0
+            on = loss_of(z)
+            z[i] = 0.0
+            off = loss_of(z)
+            self.theta[i] = 1.0 if on - off + float(rent[i]) < 0.0 else 0.0
+            before[i] = t
+        return before
 
     @torch.no_grad()
     def update(self, data_grad: Tensor, lr: float, schedule: float = 1.0) -> list[nn.Parameter]:

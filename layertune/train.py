@@ -39,6 +39,7 @@ class TrialResult:
     config: dict
     history: list[dict]
     pruned_at: dict[int, int]  # section index -> epoch it was removed in
+    decided: dict[int, float] = field(default_factory=dict)  # gate -> theta before the decision
     test: dict | None = None
     note: str | None = None
     model: GatedNetwork | None = field(default=None, repr=False)
@@ -54,6 +55,7 @@ class TrialResult:
             "final": self.final,
             "history": self.history,
             "pruned_at": {str(k): v for k, v in sorted(self.pruned_at.items())},
+            "decided_at_end": {str(k): v for k, v in sorted(self.decided.items())},
             "test": self.test,
             "note": self.note,
         }
@@ -106,6 +108,7 @@ class Trial:
         self.train_flops = 0.0
         self.history: list[dict] = []
         self.pruned_at: dict[int, int] = {}
+        self.decided: dict[int, float] = {}  # gate -> theta before the end-of-training decision
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
         )
@@ -171,10 +174,11 @@ class Trial:
     # --- evaluation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, loader) -> tuple[float, float]:
-        """(loss, accuracy) of the deterministic network, z = round(theta), in eval mode."""
+    def evaluate(self, loader, gates: list[float] | None = None) -> tuple[float, float]:
+        """(loss, accuracy) of the deterministic network, z = round(theta) unless ``gates``
+        are given, in eval mode."""
         self.model.eval()
-        self.model.set_gates(self.gates.deterministic())
+        self.model.set_gates(self.gates.deterministic() if gates is None else gates)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         count = 0
@@ -187,13 +191,21 @@ class Trial:
             count += len(y)
         return float(loss_sum) / count, float(correct) / count
 
+    def decide_gates(self) -> None:
+        """End of training: gates still inside (0, 1) go to the vertex where J is lower."""
+        train = self._train_eval()
+        self.decided = self.gates.decide(lambda z: self.evaluate(train, z)[0])
+
+    def _train_eval(self):
+        return getattr(self.data, "train_eval", self.data.train)
+
     def keep(self) -> list[bool]:
         return [g == 1.0 and not s.pruned
                 for g, s in zip(self.gates.deterministic(), self.model.sections, strict=True)]
 
     def metrics(self, seconds: float) -> dict:
         val_loss, val_acc = self.evaluate(self.data.val)
-        train_loss, _ = self.evaluate(getattr(self.data, "train_eval", self.data.train))
+        train_loss, _ = self.evaluate(self._train_eval())
         keep = self.keep()
         theta = self.gates.theta.tolist()
         return {
@@ -204,6 +216,7 @@ class Trial:
             "active_layers": sum(keep),
             "total_layers": len(keep),
             "undecided_layers": self.gates.undecided(),
+            "decided_at_end": len(self.decided),
             # every gate at 0 or 1 says nothing while no gate has moved (theta_0 = 1 starts
             # there): the depth counts as known once the gates have removed a section
             "collapsed": int(
@@ -239,6 +252,7 @@ class Trial:
             "train_flops": self.train_flops,
             "history": self.history,
             "pruned_at": self.pruned_at,
+            "decided": self.decided,
         }
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
 
@@ -257,6 +271,7 @@ class Trial:
         self.train_flops = state["train_flops"]
         self.history = state["history"]
         self.pruned_at = {int(k): int(v) for k, v in state["pruned_at"].items()}
+        self.decided = {int(k): float(v) for k, v in state.get("decided", {}).items()}
 
 
 def run_trial(
@@ -280,6 +295,8 @@ def run_trial(
         trial.load(resume_from)
     while trial.epoch < config.epochs:
         seconds, _ = trial.train_epoch()
+        if trial.epoch == config.epochs and trial.mode == "learned" and config.method.decide_at_end:
+            trial.decide_gates()
         metrics = trial.metrics(seconds)
         trial.history.append(metrics)
         if checkpoint:
@@ -298,6 +315,7 @@ def run_trial(
         config=config.model_dump(mode="json"),
         history=trial.history,
         pruned_at=trial.pruned_at,
+        decided=trial.decided,
         test=test,
         note=trial.data.note,
         model=trial.model,

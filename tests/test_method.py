@@ -213,6 +213,35 @@ def test_averaging_the_gate_gradient_keeps_a_kept_gate_at_1() -> None:
     assert torch.equal(restored.grad_avg, gates.grad_avg)
 
 
+# --- property 1: the end-of-training decision ------------------------------------------------
+
+
+def _objective(gates: GateController, z: tuple[float, ...], x, y) -> float:
+    """J of the deterministic network ``z``: its loss plus (lambda/N) sum_l R_{z_l}(W_l)."""
+    s = gates.prior.s
+    r1, r0 = energies(gates.prior.quadratic(), gates.prior.n, s.spike_ratio,
+                      s.hyperprior_strength)
+    prior = sum(float(r1[i] if zi else r0[i]) for i, zi in enumerate(z))
+    return _loss(gates.model, z, x, y) + s.prior_weight / s.num_train * prior
+
+
+def test_a_gate_left_inside_goes_to_the_vertex_where_the_objective_is_lower() -> None:
+    x, y = _data()
+    chosen = set()
+    for body_scale, prior_weight in itertools.product((0.05, 1.0, 3.0), (0.0, 1.0, 100.0)):
+        net = _tiny(body_scale=body_scale)
+        gates = GateController(net, dataclasses.replace(SETTINGS, prior_weight=prior_weight),
+                               theta_lr=0.1)
+        gates.theta = torch.tensor([1.0, 0.4, 0.0], dtype=torch.float64)
+        before = gates.decide(lambda z, net=net: _loss(net, tuple(z), x, y))
+        assert before == {1: 0.4}  # gates at 0 or 1 are already decided
+        assert gates.theta[0].item() == 1.0 and gates.theta[2].item() == 0.0
+        j = {v: _objective(gates, (1.0, v, 0.0), x, y) for v in (0.0, 1.0)}
+        assert gates.theta[1].item() == min(j, key=j.get)
+        chosen.add(gates.theta[1].item())
+    assert chosen == {0.0, 1.0}  # the cases above lead to both vertices
+
+
 # --- properties 1 and 6, reduced: one seed of reference experiment (a) ----------------------
 
 
@@ -242,8 +271,9 @@ def test_reference_a_reports_undecided_gates_and_pruned_gates_are_zero(reference
     assert learned.pruned_at and all(learned.final["theta"][i] == 0.0 for i in learned.pruned_at)
 
 
-@pytest.mark.xfail(strict=True, reason="property 1 does not hold yet: kept gates that balance "
-                   "end slightly inside (0, 1); docs/algorithm.md departure 4, docs/results.md")
 def test_reference_a_every_gate_ends_at_0_or_1(reference_a) -> None:
     learned, _ = reference_a
     assert learned.final["undecided_layers"] == 0
+    assert all(t in (0.0, 1.0) for t in learned.final["theta"])
+    assert learned.final["decided_at_end"] == len(learned.decided)
+    assert all(0.0 < t < 1.0 for t in learned.decided.values())  # only undecided gates moved
