@@ -53,6 +53,25 @@ def test_digits_run_prunes_and_keeps_its_accuracy(digits_run: Path) -> None:
     assert final["val_accuracy"] > 0.9
 
 
+def test_gates_left_inside_after_the_last_epoch_are_decided(tmp_path: Path, capsys) -> None:
+    # gates start at 0.5 and barely move in one epoch: all are still inside (0, 1) at its end
+    undecided = ["--set", "epochs=1", "--set", "method.theta_init=0.5",
+                 "--set", "method.theta_lr=1e-4"]
+    assert main(["train", DIGITS, "--out", str(tmp_path / "a"), *undecided]) == 0
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    final = result["final"]
+    assert final["undecided_layers"] == 0 and set(final["theta"]) <= {0.0, 1.0}
+    assert final["decided_at_end"] == final["total_layers"] == len(result["decided_at_end"])
+    assert all(0.4 < t < 0.6 for t in result["decided_at_end"].values())
+    assert "set to the vertex where the objective is lower" in capsys.readouterr().out
+
+    assert main(["train", DIGITS, "--out", str(tmp_path / "b"), *undecided,
+                 "--set", "method.decide_at_end=false"]) == 0
+    kept_inside = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert kept_inside["final"]["undecided_layers"] == final["total_layers"]
+    assert kept_inside["decided_at_end"] == {}
+
+
 def test_pruning_makes_training_cheaper() -> None:
     """Property 7 in FLOPs: pruned sections leave the optimiser and later steps cost less."""
     config = load_trial(DIGITS)
