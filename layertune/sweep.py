@@ -635,6 +635,9 @@ def _new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, trainable: 
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=plan.samples,
             max_concurrent_trials=plan.max_concurrent, trial_dirname_creator=_trial_dirname,
+            # a trial's worker process goes on to the next trial instead of a new process
+            # importing torch again: 12 short digits trials took 21 s instead of 51 s
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(plan.folder), verbose=0,
