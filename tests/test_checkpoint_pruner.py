@@ -1,9 +1,11 @@
-"""CheckpointPruner: a checkpoint goes only once the saved experiment state cannot name it."""
+"""CheckpointPruner: a checkpoint goes only once no saved experiment state can name it."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 from ray.tune import Checkpoint
 
@@ -47,3 +49,37 @@ def test_keeps_everything_while_no_state_is_old_enough(tmp_path):
 def test_keeps_everything_before_any_state_is_saved(tmp_path):
     folders = make(tmp_path, [100, 60, 20], state=False)
     assert prune(tmp_path, folders) == [f.name for f in folders]
+
+
+def ended_trial(folder: Path, trial_id: str) -> SimpleNamespace:
+    """What the pruner reads of a Ray trial that ended: its id and its folder."""
+    return SimpleNamespace(trial_id=trial_id, path=str(folder))
+
+
+def save_state(tmp_path: Path, statuses: dict[str, str]) -> None:
+    """An experiment state as Ray 2.60 writes it, reduced to the trials' ids and statuses."""
+    rows = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
+    (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": rows}))
+
+
+def test_an_ended_trial_keeps_only_its_last_checkpoint_once_the_state_records_its_end(tmp_path):
+    folders = make(tmp_path, [100, 60, 20, 15])
+    pruner = CheckpointPruner(tmp_path, margin_s=30)
+    pruner.on_trial_complete(iteration=0, trials=[], trial=ended_trial(folders[0].parent, "a"))
+    save_state(tmp_path, {"a": "RUNNING"})  # saved before it ended: it may be restored
+    pruner.on_step_end(iteration=1, trials=[])
+    assert all(f.exists() for f in folders)
+    save_state(tmp_path, {"a": "TERMINATED"})
+    os.utime(tmp_path / "experiment_state-x.json", (T + 1, T + 1))
+    pruner.on_step_end(iteration=2, trials=[])
+    assert sorted(p.name for p in folders[0].parent.iterdir()) == [folders[-1].name]
+    assert pruner.ended == {}
+
+
+def test_an_unreadable_state_deletes_nothing(tmp_path):
+    folders = make(tmp_path, [100, 60, 20])
+    (tmp_path / "experiment_state-x.json").write_text('{"trial_data": [["{\\"trial_id')
+    pruner = CheckpointPruner(tmp_path, margin_s=30)
+    pruner.on_trial_complete(iteration=0, trials=[], trial=ended_trial(folders[0].parent, "a"))
+    pruner.on_experiment_end(trials=[])
+    assert all(f.exists() for f in folders)

@@ -316,6 +316,14 @@ def test_sweep_ran_every_trial_two_at_a_time(sweep):
     assert max(overlap) == 2  # two at a time, sharing the one GPU at 0.5 each
 
 
+def test_each_ended_trial_keeps_only_its_last_checkpoint(sweep):
+    plan, _ = sweep
+    for trial in (plan.folder / "tune").glob("trial_*"):
+        kept = sorted(p.name for p in trial.glob("checkpoint_*"))
+        last = len(ray_reports(plan.folder)[trial.name.removeprefix("trial_")]) - 1
+        assert kept == [f"checkpoint_{last:06d}"], trial.name
+
+
 def test_front_is_the_brute_force_front_of_the_finished_trials(sweep):
     plan, result = sweep
     trials = ray_reports(plan.folder)
