@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 KIND = "layertune.kind"  # "sweep" (parent) or "trial" (child)
 SWEEP = "layertune.sweep"
 PARENT = "mlflow.parentRunId"
-STATUS = "status"  # running | finished | stopped | failed
+STATUS = "status"  # running | finished | stopped | failed | lost
 RAY_TRIAL = "ray_trial_id"
 OPTUNA_TRIAL = "optuna_trial"
 ERROR = "error"
@@ -649,12 +649,19 @@ class SweepRecorder(tune.Callback):
     # -- the end -----------------------------------------------------------------------------
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.finish()
+        self.finish({t.trial_id for t in trials})
 
-    def finish(self) -> None:
-        """Close trials still open (as unfinished), write the front, end the parent run."""
+    def finish(self, known: set[str] | None = None) -> None:
+        """Close trials still open (as unfinished), write the front, end the parent run.
+
+        ``known``: the trials Tune has. An open run whose trial Tune does not know started
+        after the last experiment state a resumed sweep came back from; its Optuna trial went
+        to a new trial, which has its own run, so this one is deleted (tagged ``lost``).
+        """
         if self.parent_id is None or self.done:
             return
+        for tid in sorted(self.open - known) if known is not None else []:
+            self._guard("lost trial", self._delete_lost, tid)
         unfinished = sorted(self.open)
         for tid in unfinished:
             self._guard("unfinished trial", self._close_unfinished, tid)
@@ -674,6 +681,18 @@ class SweepRecorder(tune.Callback):
                     self._guard("close", self._client.set_terminated, self.runs[tid], "KILLED")
                 self._guard("close", self._client.set_terminated, self.parent_id, "KILLED")
                 self.done = True
+
+    def _delete_lost(self, tid: str) -> None:
+        from mlflow.entities import RunTag
+
+        run_id = self.runs.pop(tid)
+        self._client.log_batch(run_id, tags=[
+            RunTag(STATUS, "lost"),
+            RunTag(ERROR, "started after the last experiment state the sweep resumed from; "
+                          "its Optuna trial was run again as another trial")])
+        self._client.set_terminated(run_id, "KILLED")
+        self._client.delete_run(run_id)
+        self.open.discard(tid)
 
     def _close_unfinished(self, tid: str) -> None:
         from mlflow.entities import RunTag

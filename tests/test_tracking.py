@@ -28,6 +28,7 @@ import pytest
 import ray
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 from ray_record import ray_reports
 
 from layertune.cli import main
@@ -430,7 +431,7 @@ def test_a_resumed_record_reopens_its_runs_and_duplicates_nothing(tmp_path):
         second.on_trial_result(iteration=0, trials=[a], trial=a, result=report(epoch, 0.6))
     a.run_metadata.last_result = report(3, 0.6)
     second.on_trial_complete(iteration=0, trials=[a], trial=a)
-    second.on_experiment_end(trials=[a])  # b never came back: closed as unfinished
+    second.on_experiment_end(trials=[a, b])  # b did not run again: closed as unfinished
     assert second.errors == 0
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("r")
@@ -467,6 +468,33 @@ def test_a_resumed_record_reopens_its_runs_and_duplicates_nothing(tmp_path):
     assert max(hv, key=lambda m: (m.step, m.timestamp)).value == pytest.approx(
         (0.6 - 0.1) * (4 - 2))  # a dominates b: one box, reference (0.1, 3 + 1)
     assert math.isfinite(hv[0].value)
+
+
+def test_a_trial_the_resumed_sweep_does_not_know_is_deleted_as_lost(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = SweepRecorder(uri, "g", tmp_path, objectives=OBJ, chance=0.1,
+                          parameters=["optimizer.lr"])
+    first.prepare()
+    first.start()
+    a, lost = stub("a", {"optimizer.lr": 0.1}), stub("lost", {"optimizer.lr": 0.2})
+    for t in (a, lost):
+        first.on_trial_start(iteration=0, trials=[a, lost], trial=t)
+    first.on_trial_result(iteration=0, trials=[a, lost], trial=lost, result=report(1, 0.4))
+    # killed before Tune saved a state that names "lost": the resumed Tune knows only "a"
+    second = pickle.loads(pickle.dumps(first))
+    second.setup()
+    second.on_trial_result(iteration=0, trials=[a], trial=a, result=report(1, 0.5))
+    a.run_metadata.last_result = report(1, 0.5)
+    second.on_trial_complete(iteration=0, trials=[a], trial=a)
+    second.on_experiment_end(trials=[a])
+    assert second.errors == 0
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("g")
+    active = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert sorted(active) == ["a", "g"]
+    assert active["g"].info.status == "FINISHED"  # nothing left unfinished
+    deleted = client.search_runs([exp.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert [(r.info.run_name, r.data.tags["status"]) for r in deleted] == [("lost", "lost")]
 
 
 def test_tracking_off_records_nothing(sweep, tmp_path):
