@@ -318,10 +318,10 @@ def test_sweep_ran_every_trial_two_at_a_time(sweep):
 
 def test_each_ended_trial_keeps_only_its_last_checkpoint(sweep):
     plan, _ = sweep
-    for trial in (plan.folder / "tune").glob("trial_*"):
-        kept = sorted(p.name for p in trial.glob("checkpoint_*"))
-        last = len(ray_reports(plan.folder)[trial.name.removeprefix("trial_")]) - 1
-        assert kept == [f"checkpoint_{last:06d}"], trial.name
+    for trial_id, rows in ray_reports(plan.folder).items():
+        kept = sorted(p.name for p in (plan.folder / "tune" / f"trial_{trial_id}").glob(
+            "checkpoint_*"))
+        assert kept == [f"checkpoint_{len(rows) - 1:06d}"], trial_id
 
 
 def test_front_is_the_brute_force_front_of_the_finished_trials(sweep):

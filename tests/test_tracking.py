@@ -410,15 +410,21 @@ def report(epoch: int, acc: float) -> dict:
             "val_loss": 1.0, "theta": [1.0, 0.5 / epoch, 0.0], "training_iteration": epoch}
 
 
-def test_a_resumed_record_reopens_its_runs_and_duplicates_nothing(tmp_path):
+def started(tmp_path: Path, name: str, *trials) -> tuple[str, SweepRecorder]:
+    """A recorder of sweep ``name`` in sqlite, with ``trials`` started."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = SweepRecorder(uri, "r", tmp_path, objectives=OBJ, chance=0.1,
-                          parameters=["optimizer.lr"])
-    first.prepare()
-    first.start()
+    recorder = SweepRecorder(uri, name, tmp_path, objectives=OBJ, chance=0.1,
+                             parameters=["optimizer.lr"])
+    recorder.prepare()
+    recorder.start()
+    for t in trials:
+        recorder.on_trial_start(iteration=0, trials=list(trials), trial=t)
+    return uri, recorder
+
+
+def test_a_resumed_record_reopens_its_runs_and_duplicates_nothing(tmp_path):
     a, b = stub("a", {"optimizer.lr": 0.1}), stub("b", {"optimizer.lr": 0.2})
-    for t in (a, b):
-        first.on_trial_start(iteration=0, trials=[a, b], trial=t)
+    uri, first = started(tmp_path, "r", a, b)
     for epoch in (1, 2):
         first.on_trial_result(iteration=0, trials=[a, b], trial=a, result=report(epoch, 0.5))
     first.on_trial_result(iteration=0, trials=[a, b], trial=b, result=report(1, 0.4))
@@ -471,14 +477,8 @@ def test_a_resumed_record_reopens_its_runs_and_duplicates_nothing(tmp_path):
 
 
 def test_a_trial_the_resumed_sweep_does_not_know_is_deleted_as_lost(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = SweepRecorder(uri, "g", tmp_path, objectives=OBJ, chance=0.1,
-                          parameters=["optimizer.lr"])
-    first.prepare()
-    first.start()
     a, lost = stub("a", {"optimizer.lr": 0.1}), stub("lost", {"optimizer.lr": 0.2})
-    for t in (a, lost):
-        first.on_trial_start(iteration=0, trials=[a, lost], trial=t)
+    uri, first = started(tmp_path, "g", a, lost)
     first.on_trial_result(iteration=0, trials=[a, lost], trial=lost, result=report(1, 0.4))
     # killed before Tune saved a state that names "lost": the resumed Tune knows only "a"
     second = pickle.loads(pickle.dumps(first))
