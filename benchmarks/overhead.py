@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from layertune.config import load_trial
 from layertune.export import compact
-from layertune.train import Trial, make_optimizer
+from layertune.optim import make_optimizer
+from layertune.train import Trial
 
 try:
     from results_table import write_section

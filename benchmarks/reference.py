@@ -1,4 +1,4 @@
-"""ALGORITHM.md section 6, item 6 and 7: the reference experiments and the training cost.
+"""docs/algorithm.md section 6, properties 6 and 7: the reference experiments and the training cost.
 
 (a) cnn1d on MNIST-1D, 8 and 16 sections, 3 seeds, against the gates-fixed network at the same
 budget and the network with no sections; (b) the 12-section MLP on MNIST. Prints a table, writes
@@ -117,7 +117,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "reference.json").write_text(json.dumps({"rows": rows, "checks": checks}, indent=2))
     write_section("reference", (
-        "## Reference experiments (ALGORITHM.md items 6 and 7)\n\n"
+        "## Reference experiments (docs/algorithm.md properties 6 and 7)\n\n"
         f"`.venv/bin/python benchmarks/reference.py` on {platform.processor() or 'CPU'}, "
         f"1 torch thread, torch {torch.__version__}. Accuracy is the mean over seeds; epoch "
         "seconds are training time only.\n\n" + table + "\n\n"

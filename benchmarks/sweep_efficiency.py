@@ -32,7 +32,8 @@ import ray
 from layertune.config import parse_set
 from layertune.front import hypervolume, pareto_front
 from layertune.space import SamplerConfig
-from layertune.sweep import SweepResult, plan_sweep, run_sweep
+from layertune.sweep import SCHEDULERS, SweepResult, plan_sweep, run_sweep
+from layertune.sweep.monitor import DONE, ERRORED, STOPPED
 
 try:
     from results_table import write_section
@@ -43,12 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Hypervolume reference: chance accuracy on 10 classes, one section more than cnn1d's 8.
 REFERENCE = {"val_accuracy": 0.1, "active_layers": 9.0}
-SCHEDULERS = ("gate-collapse", "asha", "fifo")
 
 
 def finished_rows(result: SweepResult, until_s: float = float("inf")) -> list[dict]:
     return [r for r in result.trials
-            if r["status"] == "done" and r.get("ended_s", float("inf")) <= until_s]
+            if r["status"] == DONE and r.get("ended_s", float("inf")) <= until_s]
 
 
 def front_hv(rows: list[dict], objectives: list[tuple[str, str]]) -> float:
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> dict:
             records.append({
                 "scheduler": scheduler, "seed": seed, "trials": len(result.trials),
                 "finished": len(rows),
-                "stopped": sum(r["status"] == "stopped" for r in result.trials),
-                "failed": sum(r["status"] == "error" for r in result.trials),
+                "stopped": sum(r["status"] == STOPPED for r in result.trials),
+                "failed": sum(r["status"] == ERRORED for r in result.trials),
                 "trial_epochs": result.trial_epochs, "wall_s": round(result.wall_s, 1),
                 "hv": front_hv(rows, result.objectives),
                 "front": [{m: r[m] for m, _ in result.objectives} | {"trial": r["trial"]}

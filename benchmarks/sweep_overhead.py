@@ -45,14 +45,7 @@ epochs: 1
 seed: 0
 """
 
-SPACE = """\
-parameters:
-  method.prior_weight: {type: float, low: 0.1, high: 1.0, log: true}
-objectives:
-  - {metric: val_accuracy, mode: max}
-  - {metric: active_layers, mode: min}
-sampler: {name: random, seed: 0}
-"""
+SPACE = ROOT / "search_spaces" / "prior_weight.yaml"
 
 MARKS = (50, 100, 200)
 
@@ -111,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(folder, ignore_errors=True)  # scratch
     folder.mkdir(parents=True)
     (folder / "trial.yaml").write_text(TRIAL)
-    (folder / "space.yaml").write_text(SPACE)
-    plan = plan_sweep(folder / "trial.yaml", folder / "space.yaml", samples=args.samples,
+    plan = plan_sweep(folder / "trial.yaml", SPACE, samples=args.samples,
                       name="overhead", storage=folder / "sweep", scheduler=args.scheduler)
     start_peak, start_rss = memory_mb()
     probe = EndedTrials(folder / "sweep" / "optuna.db", tuple(m for m in MARKS

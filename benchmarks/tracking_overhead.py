@@ -45,7 +45,7 @@ OBJ = [("val_accuracy", "max"), ("active_layers", "min")]
 
 
 def synthetic_report(epoch: int, gates: int, rng: random.Random) -> dict:
-    """A report with every key of the trial contract (ARCHITECTURE.md)."""
+    """A report with every key of the trial contract (layertune/contract.py)."""
     theta = [rng.random() for _ in range(gates)]
     active = sum(t >= 0.5 for t in theta)
     return {

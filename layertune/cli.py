@@ -89,9 +89,10 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 def front_command(args: argparse.Namespace) -> int:
     import csv
 
+    from .contract import GROUPS, RUNNING, STATUS
     from .front import format_table
-    from .select import load_sweep
-    from .tracking import GROUPS, front_columns
+    from .selection import load_sweep
+    from .tracking import front_columns
 
     record = load_sweep(args.name, _tracking_uri(args))
     groups = record.groups
@@ -106,7 +107,7 @@ def front_command(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(front)
     else:
-        running = sum(r["status"] == "running" for r in record.trials)
+        running = sum(r[STATUS] == RUNNING for r in record.trials)
         finished = len(groups["front"]) + len(groups["finished"])
         print(f"sweep {record.name}: Pareto front ("
               + ", ".join(f"{m} {d}" for m, d in record.objectives)
@@ -118,7 +119,7 @@ def front_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from .select import ExportError, export_network, load_sweep, pick
+    from .selection import ExportError, export_network, load_sweep, pick
     from .train import resolve_device
 
     out = Path(args.out)

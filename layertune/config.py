@@ -83,7 +83,7 @@ ModelConfig = Annotated[
 
 
 class MethodConfig(_Strict):
-    """ALGORITHM.md sections 2-4; names as in section 5."""
+    """docs/algorithm.md sections 2-4 and their departures; names as in section 5."""
 
     prior_scale: float = Field(1.0, gt=0.0, description="sigma: slab scale relative to He init")
     spike_ratio: float = Field(0.1, gt=0.0, lt=1.0, description="rho: spike / slab scale")
@@ -133,9 +133,6 @@ class TrialConfig(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     bf16: bool = Field(False, description="bf16 autocast (GPU)")
     channels_last: bool = Field(False, description="channels_last memory format (GPU, 2-d convs)")
-    train_eval_samples: int = Field(
-        10000, gt=0, description="training samples the per-epoch train_loss is measured on"
-    )
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> TrialConfig:
         return validate(apply_overrides(self.model_dump(mode="json"), overrides), source)

@@ -6,9 +6,13 @@ each metric. Internally every objective is turned into one to minimise.
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from .contract import GROUPS
 
 Objectives = Sequence[tuple[str, str]]
 
@@ -81,6 +85,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def write_csv(rows: Sequence[dict], columns: Sequence[str], path: str | Path) -> None:
+    """``rows`` under a header of ``columns`` (keys not among them are left out)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[str],
                  headers: Sequence[str] | None = None) -> str:
     """Columns aligned with spaces; numbers right-aligned; missing cells ``-``."""
@@ -123,7 +135,6 @@ def knee(rows: Sequence[dict], objectives: Objectives) -> int:
 
 # --- plots (matplotlib for PNG: plotly's PNG export needs a browser) --------------------------
 
-GROUPS = ("front", "finished", "stopped", "failed")  # what a trial is in a front plot
 _STYLE = {  # group: (colour, marker, label)
     "front": ("#1f77b4", "o", "Pareto front"),
     "finished": ("#9a9a9a", "o", "finished, dominated"),

@@ -1,13 +1,15 @@
 """Gate probabilities, their gradient estimators, projected SGD and the pruning rule.
 
-ALGORITHM.md sections 3-4. ``theta`` lives on the CPU (it decides which sections run, which is
-Python control flow); one device-to-host copy per step brings back dL/dz and ``Q``.
+docs/algorithm.md, "Gate gradient and update" and "Pruning rule". ``theta`` lives on the CPU (it
+decides which sections run, which is Python control flow); one device-to-host copy per step
+(``gradient``) brings back dL/dz, the prior's rent and ``Q``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,16 +19,49 @@ from .prior import PriorSettings, SectionPrior
 from .sections import GatedNetwork
 
 
-class GateController:
-    """Owns ``theta`` of a ``GatedNetwork`` and turns each training step into a gate update.
+@dataclass
+class GateDraw:
+    """One minibatch's gates: ``z`` (set on the network) and the probe that collects dL/dz."""
 
-    Per step: ``sample()`` draws ``z ~ Bernoulli(theta)`` and sets it on the network;
-    after ``loss.backward()``, ``data_gradient`` estimates ``E[L | z=1] - E[L | z=0]``; after the
-    weight optimiser's step, ``update`` applies the prior, projects
-    ``theta <- clip(theta - eta * g_avg, 0, 1)`` (``g_avg``: an exponential average of the
-    gradient with factor ``averaging``; 0 is plain projected SGD) and prunes sections that have held
-    ``theta == 0`` and ``R_1 > R_0`` for ``patience`` steps. ``update`` returns the parameters
-    of the sections it removed so the caller can take them out of the optimiser.
+    z: list[float]
+    probe: Tensor | None  # None for the exact estimator
+
+
+@dataclass
+class GateGradient:
+    """dJ/dtheta of one step on the host: its data part and the prior's rent, and the ``Q``
+    the rent was computed from (the prior's weight step reuses it)."""
+
+    data: Tensor
+    rent: Tensor
+    q: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        # A diverged loss gives NaN here: keep theta a probability; the epoch's loss check
+        # then stops the trial with a clear error.
+        grad = self.data + self.rent
+        return torch.where(grad.isfinite(), grad, 0.0)
+
+
+class GateController:
+    """Owns ``theta`` of a ``GatedNetwork`` and turns each training step into a gate step.
+
+    One step, in the order ``Trial.step`` calls it::
+
+        draw = gates.sample()                       # z ~ Bernoulli(theta), set on the network
+        loss.backward()
+        data = gates.data_gradient(draw, loss, x, y)  # E[L | z=1] - E[L | z=0], estimated
+        optimizer.step()
+        grad = gates.gradient(data)                 # + (lambda/N)(R_1 - R_0); one host copy
+        gates.shrink_weights(grad, lr)              # the prior's step on the weights
+        gates.step(grad, schedule)                  # theta <- clip(theta - eta * g_avg, 0, 1)
+        removed = gates.prune(grad)                 # parameters of the sections removed
+
+    ``g_avg`` is an exponential average of the gradient with factor ``averaging`` (0: plain
+    projected SGD). ``prune`` removes sections that have held ``theta == 0`` and ``R_1 > R_0``
+    for ``patience`` steps and returns their parameters so the caller can take them out of the
+    optimiser.
     """
 
     def __init__(
@@ -57,8 +92,6 @@ class GateController:
         self.grad_avg = torch.zeros(num, dtype=torch.float64)
         self.pruned_at_step: dict[int, int] = {}
         self.steps = 0
-        self._probe: Tensor | None = None
-        self._q: Tensor | None = None
         for i, s in enumerate(self.sections):
             if s.pruned:
                 self.theta[i] = 0.0
@@ -94,20 +127,22 @@ class GateController:
 
     # --- one step ---------------------------------------------------------------------------
 
-    def sample(self) -> list[float]:
+    def sample(self) -> GateDraw:
         """Draw one ``z`` for the minibatch and set it (with the dL/dz probe) on the network."""
-        z = torch.bernoulli(self.theta, generator=self.generator)  # pruned: theta is 0
-        device = self.prior.n.device
-        self._probe = torch.zeros(len(self.sections), device=device, requires_grad=True)
-        zs = z.tolist()
-        self.model.set_gates(zs, probe=self._probe if self.estimator == "first_order" else None)
-        return zs
+        z = torch.bernoulli(self.theta, generator=self.generator).tolist()  # pruned: theta 0
+        probe = None
+        if self.estimator == "first_order":
+            probe = torch.zeros(len(self.sections), device=self.prior.n.device,
+                                requires_grad=True)
+        self.model.set_gates(z, probe=probe)
+        return GateDraw(z, probe)
 
-    def data_gradient(self, z: list[float], loss: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def data_gradient(self, draw: GateDraw, loss: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """The data part of dJ/dtheta on the device (call after ``loss.backward()``)."""
+        z = draw.z
         if self.estimator == "exact":
             return self._exact_difference(z, loss, x, y)
-        grad = self._probe.grad if self._probe.grad is not None else torch.zeros_like(self._probe)
+        grad = draw.probe.grad if draw.probe.grad is not None else torch.zeros_like(draw.probe)
         self.model.set_gates(z)  # the probes belong to this step's graph; do not keep them
         weight = torch.tensor(
             [zi / t if zi else 0.0 for zi, t in zip(z, self.theta.tolist(), strict=True)],
@@ -156,28 +191,35 @@ class GateController:
         return before
 
     @torch.no_grad()
-    def update(self, data_grad: Tensor, lr: float, schedule: float = 1.0) -> list[nn.Parameter]:
-        """Prior step on the weights (step size ``lr``), projected SGD on ``theta`` (step
-        ``theta_lr * schedule``, following the weights' learning-rate schedule), pruning rule."""
-        self.steps += 1
+    def gradient(self, data_grad: Tensor) -> GateGradient:
+        """dJ/dtheta: the data part plus the prior's exact rent, brought to the host at once."""
         q = self.prior.quadratic()
         rent = self.prior.rent(q)
         host = torch.cat([data_grad.float(), rent.float(), q.float()]).cpu().double()  # one sync
-        data_host, rent_host, q_host = host.split(len(self.sections))
-        grad = data_host + rent_host
-        # A diverged loss gives NaN here: keep theta a probability; the epoch's loss check
-        # then stops the trial with a clear error.
-        grad = torch.where(grad.isfinite(), grad, 0.0)
+        data, rent, q = host.split(len(self.sections))
+        return GateGradient(data, rent, q)
+
+    def shrink_weights(self, grad: GateGradient, lr: float) -> None:
+        """The prior's step on the weights (step size ``lr``), at the ``theta`` of this step."""
+        self.prior.shrink_(grad.q, self.theta, lr)
+
+    def step(self, grad: GateGradient, schedule: float = 1.0) -> None:
+        """Projected SGD on ``theta`` with step ``theta_lr * schedule`` (``schedule`` follows the
+        weights' learning-rate schedule)."""
+        self.steps += 1
+        g = grad.total
         # Averaging the noisy gradient keeps a gate whose mean gradient says "keep" at exactly 1
         # (plain SGD lets single minibatches nudge it off 1 until the last step).
         b = self.averaging
-        self.grad_avg = grad if self.steps == 1 else b * self.grad_avg + (1 - b) * grad
-        self.prior.shrink_(q_host, self.theta, lr)
-        alive = torch.tensor([not s.pruned for s in self.sections])
+        self.grad_avg = g if self.steps == 1 else b * self.grad_avg + (1 - b) * g
         step = self.theta_lr * schedule * self.grad_avg
-        self.theta = torch.where(alive, (self.theta - step).clamp(0.0, 1.0), 0.0)
-        # Pruning rule: theta at exactly 0 and the spike already preferred, for `patience` steps.
-        holding = alive & (self.theta == 0.0) & (rent_host > 0.0)
+        self.theta = torch.where(self._alive_mask(), (self.theta - step).clamp(0.0, 1.0), 0.0)
+
+    def prune(self, grad: GateGradient) -> list[nn.Parameter]:
+        """The pruning rule: ``theta`` at exactly 0 and the spike already preferred
+        (``R_1 > R_0``) for ``patience`` consecutive steps removes the section. Returns the
+        removed parameters."""
+        holding = self._alive_mask() & (self.theta == 0.0) & (grad.rent > 0.0)
         self.streak = torch.where(holding, self.streak + 1, torch.zeros_like(self.streak))
         removed: list[nn.Parameter] = []
         for i in torch.nonzero(self.streak >= self.patience).flatten().tolist():
@@ -187,6 +229,9 @@ class GateController:
         if removed:
             self.prior.refresh()
         return removed
+
+    def _alive_mask(self) -> Tensor:
+        return torch.tensor([not s.pruned for s in self.sections])
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Gated architectures (ALGORITHM.md section 1): ``stem -> GatedSection * L -> head``.
+"""Gated architectures (docs/algorithm.md section 1): ``stem -> GatedSection * L -> head``.
 
 Every network is a flat ``GatedNetwork``: stem, pooling, flatten and head are plain layers in
 the same list as the sections, so removing a section never touches the layers around it.

@@ -1,4 +1,5 @@
-"""The Gaussian scale-mixture prior with the flattening hyper-prior (ALGORITHM.md section 2).
+"""The Gaussian scale-mixture prior with the flattening hyper-prior (docs/algorithm.md
+section 2, and "Prior" as implemented).
 
 Per section ``l`` with prior tensors ``W_t`` (``n`` entries in all) and He-relative scales
 ``s_t``, let ``Q = sum_t ||W_t||^2 / (sigma * s_t)^2``. Integrating the inverse-gamma variance

@@ -18,13 +18,11 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from .contract import ASHA, DEGENERATE, DOMINATED, STOP_REASON, STOPPED_BY
 from .front import dominates
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
-
-STOPPED_BY = "stopped_by"
-STOP_REASON = "stop_reason"
 
 
 class GateCollapseScheduler(FIFOScheduler):
@@ -151,12 +149,12 @@ class GateCollapseScheduler(FIFOScheduler):
             return None  # the trial itself fails on a NaN loss
         if int(result.get(self._collapsed_attr, 0)) == 1:
             if active < self.min_layers:
-                return "degenerate", (
+                return DEGENERATE, (
                     f"collapsed to {active:g} active sections < min_layers {self.min_layers}"
                 )
             near = self.chance_accuracy + self.chance_margin
             if epoch >= self.grace_epochs and acc <= near:
-                return "degenerate", (
+                return DEGENERATE, (
                     f"collapsed with val_accuracy {acc:.4f} <= chance {self.chance_accuracy:g}"
                     f" + {self.chance_margin:g} at epoch {epoch}"
                 )
@@ -165,7 +163,7 @@ class GateCollapseScheduler(FIFOScheduler):
                     continue
                 better = o_acc > acc or o_active < active
                 if o_acc >= acc + self.margin and o_active <= active and better:
-                    return "dominated", (
+                    return DOMINATED, (
                         f"trial {other} at epoch {epoch}: val_accuracy {o_acc:.4f} >= "
                         f"{acc:.4f} + {self.margin:g} with {o_active:g} <= {active:g} "
                         "active sections"
@@ -177,7 +175,7 @@ class GateCollapseScheduler(FIFOScheduler):
         recorded = [v for k, v in self._rungs.get(rung, {}).items() if k != trial_id]
         better = sum(dominates((-o_acc, o_active), (-acc, active)) for o_acc, o_active in recorded)
         if better and better >= len(recorded) / self.reduction_factor:
-            return "asha", (
+            return ASHA, (
                 f"undecided ({int(result.get('undecided_layers', -1))} gates) at epoch {epoch}:"
                 f" {better} of {len(recorded)} trials at this rung dominate val_accuracy "
                 f"{acc:.4f} with {active:g} active sections"
@@ -251,7 +249,7 @@ class RecordingASHA(AsyncHyperBandScheduler):
         if action == TrialScheduler.STOP:
             t = result.get(self._time_attr)
             self.stops[trial.trial_id] = {
-                STOPPED_BY: "asha",
+                STOPPED_BY: ASHA,
                 STOP_REASON: f"{self._metric} {result.get(self._metric)} below the ASHA cutoff "
                 f"at {self._time_attr} {t}",
                 "epoch": t,

@@ -25,14 +25,9 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from .config import ConfigError
-from .scheduler import STOP_REASON, STOPPED_BY
+from .contract import ERROR, NOT_STARTED, SEARCH_RECORDED, STOP_REASON, STOPPED_BY, UNFINISHED
 
 logger = logging.getLogger(__name__)
-
-# Result keys kept on each Optuna trial (user attributes) for the front table and dashboards.
-RECORDED = ("epoch", "val_accuracy", "active_layers", "total_layers", "undecided_layers",
-            "flops", "params", "train_flops")
-
 
 def open_storage(folder: str | Path) -> optuna.storages.RDBStorage:
     """An sqlite RDB storage in ``folder/optuna.db`` (absolute path)."""
@@ -61,7 +56,7 @@ def check_study(storage: optuna.storages.BaseStorage, study_name: str, modes: li
 
 
 def close_running(storage: optuna.storages.BaseStorage, study_name: str,
-                  reason: str = "unfinished") -> int:
+                  reason: str = UNFINISHED) -> int:
     """Tell FAIL for every trial of the study still RUNNING; how many there were.
 
     Called once a sweep has ended (not when it was interrupted: a resumed sweep goes on with
@@ -112,14 +107,14 @@ class SweepSearch(OptunaSearch):
         state, values = self._outcome(result, error)
         attrs = {"ray_trial_id": trial_id}
         if result:
-            attrs.update({k: result[k] for k in RECORDED if k in result})
+            attrs.update({k: result[k] for k in SEARCH_RECORDED if k in result})
             for key in (STOPPED_BY, STOP_REASON):
                 if result.get(key):
                     attrs[key] = result[key]
         if error:
-            attrs[STOPPED_BY] = "error"
+            attrs[STOPPED_BY] = ERROR
         elif result is None:
-            attrs[STOPPED_BY] = "not started"
+            attrs[STOPPED_BY] = NOT_STARTED
         for key, value in attrs.items():
             ot_trial.set_user_attr(key, value)
         try:

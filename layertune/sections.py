@@ -1,4 +1,4 @@
-"""Gated residual sections and the network that holds them (ALGORITHM.md section 1).
+"""Gated residual sections and the network that holds them (docs/algorithm.md section 1).
 
 A section computes ``post(skip(x) + z * body(x))`` with ``z`` in {0, 1} drawn once per
 minibatch. ``z = 0`` skips ``body`` in the forward and the backward pass; a pruned section

@@ -34,16 +34,9 @@ from pydantic import (
 )
 
 from .config import ConfigError, TrialConfig, read_yaml
+from .contract import OBJECTIVE_METRICS
 
-# Numeric keys of the trial contract (ARCHITECTURE.md) that may serve as objectives.
-METRICS = (
-    "val_accuracy", "val_loss", "train_loss", "active_layers", "undecided_layers", "flops",
-    "params", "train_flops", "epoch_seconds",
-)
-Metric = Literal[
-    "val_accuracy", "val_loss", "train_loss", "active_layers", "undecided_layers", "flops",
-    "params", "train_flops", "epoch_seconds",
-]
+Metric = Literal[OBJECTIVE_METRICS]  # a tuple subscript is the list of allowed values
 Scalar = bool | int | float | str
 
 

@@ -1,7 +1,7 @@
-"""One trial: train a gated network while its sections prune themselves (the trial contract).
+"""One trial: train a gated network while its sections prune themselves.
 
 ``run_trial(config, report)`` calls ``report(metrics, checkpoint_dir | None)`` once per epoch
-with the keys of ARCHITECTURE.md; it knows nothing of Ray.
+with the keys of ``layertune.contract`` (docs/design.md); it knows nothing of Ray.
 """
 
 from __future__ import annotations
@@ -12,22 +12,22 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .config import ConfigError, TrialConfig
 from .data import DataBundle, load_data
 from .flops import FlopTable, flop_table
 from .gates import GateController
 from .models import build_model
+from .optim import drop_parameters, effective_step, make_optimizer, make_schedule, schedule_factor
 from .prior import PriorSettings
 from .sections import GatedNetwork
+from .trial_state import load_state, save_state
 
 Report = Callable[[dict, "str | None"], None]
-CHECKPOINT_FILE = "trial_state.pt"
 
 
 class TrialDiverged(RuntimeError):
@@ -116,43 +116,45 @@ class Trial:
     # --- training ---------------------------------------------------------------------------
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
-        """One minibatch: sample gates, weights step, gate step, pruning. Returns the loss."""
-        learned = self.mode == "learned"
-        z = self.gates.sample() if learned else self._fixed_gates()
+        """One minibatch: draw gates, weights step, gate step, pruning. Returns the loss."""
+        if self.mode != "learned":
+            return self._plain_step(x, y)
+        gates = self.gates
+        draw = gates.sample()
+        loss = self._backward(x, y)
+        data_grad = gates.data_gradient(draw, loss, x, y)
+        self.optimizer.step()
+        grad = gates.gradient(data_grad)
+        gates.shrink_weights(grad, effective_step(self.optimizer))
+        gates.step(grad, schedule_factor(self.optimizer))
+        removed = gates.prune(grad)
+        if removed:
+            drop_parameters(self.optimizer, removed)
+            for i in gates.pruned_at_step:
+                self.pruned_at.setdefault(i, self.epoch)
+        return self._end_step(draw.z, loss, len(y))
+
+    def _plain_step(self, x: Tensor, y: Tensor) -> Tensor:
+        """Gates fixed at 1 (``gates: fixed``) or sections removed (``gates: removed``)."""
+        z = [0.0 if s.pruned else 1.0 for s in self.model.sections]
+        self.model.set_gates(z)
+        loss = self._backward(x, y)
+        self.optimizer.step()
+        return self._end_step(z, loss, len(y))
+
+    def _backward(self, x: Tensor, y: Tensor) -> Tensor:
         if self.config.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast:
             loss = F.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if learned:
-            data_grad = self.gates.data_gradient(z, loss, x, y)
-        self.optimizer.step()
-        if learned:
-            group = self.optimizer.param_groups[0]
-            schedule = group["lr"] / group["initial_lr"]  # LambdaLR keeps the base rate there
-            removed = self.gates.update(data_grad, self._prior_step_size(), schedule)
-            if removed:
-                drop_parameters(self.optimizer, removed)
-                for i in self.gates.pruned_at_step:
-                    self.pruned_at.setdefault(i, self.epoch)
+        return loss
+
+    def _end_step(self, z: list[float], loss: Tensor, batch: int) -> Tensor:
         self.scheduler.step()
-        self.train_flops += self.flops.training_step([zi == 1.0 for zi in z], len(y))
+        self.train_flops += self.flops.training_step([zi == 1.0 for zi in z], batch)
         return loss.detach()
-
-    def _prior_step_size(self) -> float:
-        """The step the data gradient effectively takes, so data and prior balance as in J.
-
-        SGD with momentum ``m`` moves ``lr / (1 - m)`` per unit of steady gradient.
-        """
-        group = self.optimizer.param_groups[0]
-        momentum = group.get("momentum", 0.0) if self.config.optimizer.name == "sgd" else 0.0
-        return group["lr"] / (1.0 - momentum)
-
-    def _fixed_gates(self) -> list[float]:
-        z = [0.0 if s.pruned else 1.0 for s in self.model.sections]
-        self.model.set_gates(z)
-        return z
 
     def train_epoch(self) -> tuple[float, float]:
         """Returns (seconds, mean minibatch loss)."""
@@ -193,19 +195,16 @@ class Trial:
 
     def decide_gates(self) -> None:
         """End of training: gates still inside (0, 1) go to the vertex where J is lower."""
-        train = self._train_eval()
-        self.decided = self.gates.decide(lambda z: self.evaluate(train, z)[0])
-
-    def _train_eval(self):
-        return getattr(self.data, "train_eval", self.data.train)
+        self.decided = self.gates.decide(lambda z: self.evaluate(self.data.train, z)[0])
 
     def keep(self) -> list[bool]:
         return [g == 1.0 and not s.pruned
                 for g, s in zip(self.gates.deterministic(), self.model.sections, strict=True)]
 
     def metrics(self, seconds: float) -> dict:
+        """One report of the trial contract (``layertune.contract``)."""
         val_loss, val_acc = self.evaluate(self.data.val)
-        train_loss, _ = self.evaluate(self._train_eval())
+        train_loss, _ = self.evaluate(self.data.train)
         keep = self.keep()
         theta = self.gates.theta.tolist()
         return {
@@ -238,41 +237,6 @@ class Trial:
             for p in s.body.parameters()
         )
 
-    # --- checkpoints ------------------------------------------------------------------------
-
-    def save(self, folder: str | Path) -> None:
-        state = {
-            "epoch": self.epoch,
-            "pruned": [i for i, s in enumerate(self.model.sections) if s.pruned],
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "gates": self.gates.state_dict(),
-            "gate_rng": self.gates.generator.get_state(),
-            "train_flops": self.train_flops,
-            "history": self.history,
-            "pruned_at": self.pruned_at,
-            "decided": self.decided,
-        }
-        torch.save(state, Path(folder) / CHECKPOINT_FILE)
-
-    def load(self, folder: str | Path) -> None:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=self.device,
-                           weights_only=True)
-        for i in state["pruned"]:
-            drop_parameters(self.optimizer, self.model.sections[i].prune())
-        self.gates.prior.refresh()
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.gates.load_state_dict(state["gates"])
-        self.gates.generator.set_state(state["gate_rng"].cpu())
-        self.epoch = state["epoch"]
-        self.train_flops = state["train_flops"]
-        self.history = state["history"]
-        self.pruned_at = {int(k): int(v) for k, v in state["pruned_at"].items()}
-        self.decided = {int(k): float(v) for k, v in state.get("decided", {}).items()}
-
 
 def run_trial(
     config: TrialConfig,
@@ -292,7 +256,7 @@ def run_trial(
     """
     trial = Trial(config, data)
     if resume_from:
-        trial.load(resume_from)
+        load_state(trial, resume_from)
     while trial.epoch < config.epochs:
         seconds, _ = trial.train_epoch()
         if trial.epoch == config.epochs and trial.mode == "learned" and config.method.decide_at_end:
@@ -301,7 +265,7 @@ def run_trial(
         trial.history.append(metrics)
         if checkpoint:
             with tempfile.TemporaryDirectory(prefix="layertune-ckpt-") as folder:
-                trial.save(folder)
+                save_state(trial, folder)
                 if last_checkpoint is not None and trial.epoch == config.epochs:
                     last_checkpoint(trial.model, trial.keep(), folder)
                 report(metrics, folder)
@@ -321,48 +285,3 @@ def run_trial(
         model=trial.model,
         keep=trial.keep(),
     )
-
-
-# --- optimiser helpers ------------------------------------------------------------------------
-
-
-def make_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
-    """Weight decay on kernels only; norms and biases are left alone, as usual."""
-    o = config.optimizer
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    rest = [p for p in model.parameters() if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": o.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-    return torch.optim.AdamW(groups, lr=o.lr)
-
-
-def make_schedule(
-    optimizer: torch.optim.Optimizer, config: TrialConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step learning-rate factor: linear warm-up, then constant, cosine or step decay."""
-    o = config.optimizer
-    total = config.epochs * steps_per_epoch
-    warm = o.warmup_epochs * steps_per_epoch
-    milestones = [e * steps_per_epoch for e in o.step_epochs]
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if o.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
-        if o.schedule == "step":
-            return 0.1 ** sum(step >= m for m in milestones)
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def drop_parameters(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
-    """Take pruned parameters (and their momentum) out of the optimiser."""
-    gone = {id(p) for p in params}
-    for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if id(p) not in gone]
-    for p in params:
-        optimizer.state.pop(p, None)

@@ -10,24 +10,12 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
+from sweep_files import digits_trial, prior_weight_space
 
 from layertune.cli import main
 
-TRIAL = """\
-data: {name: digits, batch_size: 64, val_fraction: 0.2}
-model: {name: mlp, depth: 4, width: 32}
-optimizer: {lr: 0.05}
-epochs: 2
-seed: 0
-"""
-
-SPACE = """\
-parameters:
-  method.prior_weight: {type: float, low: 0.1, high: 1.0, log: true}
-objectives:
-  - {metric: val_accuracy, mode: max}
-  - {metric: active_layers, mode: min}
-"""
+TRIAL = digits_trial(epochs=2)
+SPACE = prior_weight_space()
 
 FILES = {
     "trial.yaml": TRIAL,
@@ -45,7 +33,7 @@ FILES = {
     "space_log_of_zero.yaml": SPACE.replace("low: 0.1", "low: 0.0"),
     "space_empty_choices.yaml": SPACE.replace(
         "{type: float, low: 0.1, high: 1.0, log: true}", "{type: categorical, choices: []}"),
-    "space_unknown_sampler.yaml": SPACE + "sampler: {name: cmaes}\n",
+    "space_unknown_sampler.yaml": SPACE.replace("name: random", "name: cmaes"),
     "space_unknown_metric.yaml": SPACE.replace("metric: val_accuracy", "metric: speed"),
     "space_unknown_parameter.yaml": SPACE.replace("method.prior_weight", "model.widht"),
     "space_bad_mode.yaml": SPACE.replace("mode: max", "mode: maximize"),

@@ -12,28 +12,14 @@ import ray
 from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 from ray_record import ray_reports
+from sweep_files import digits_trial, prior_weight_space
 
 from layertune.search import open_storage
 from layertune.sweep import multi_node_warnings, plan_sweep, run_sweep
 
-TRIAL = """\
-data: {name: digits, batch_size: 64, val_fraction: 0.2}
-model: {name: mlp, depth: 4, width: 32}
-optimizer: {lr: 0.05}
-epochs: 80
-seed: 0
-"""
-
-SPACE = """\
-parameters:
-  method.prior_weight: {type: float, low: 0.1, high: 1.0, log: true}
-objectives:
-  - {metric: val_accuracy, mode: max}
-  - {metric: active_layers, mode: min}
-sampler: {name: random, seed: 0}
-"""
-
 SAMPLES, EPOCHS = 4, 80  # long enough to be seen midway (see ray_record)
+TRIAL = digits_trial(EPOCHS)
+SPACE = prior_weight_space()
 
 
 def results(storage: Path) -> dict[str, list[dict]]:

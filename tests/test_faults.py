@@ -19,26 +19,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from ray_record import ray_reports
+from sweep_files import digits_trial, prior_weight_space
 
 from layertune.search import open_storage
 
-TRIAL = """\
-data: {name: digits, batch_size: 64, val_fraction: 0.2}
-model: {name: mlp, depth: 4, width: 32}
-optimizer: {lr: 0.05}
-epochs: EPOCHS
-seed: 0
-"""
-
-SPACE = """\
-parameters:
-  method.prior_weight: {type: float, low: 0.1, high: 1.0, log: true}
-  optimizer.lr: LR
-objectives:
-  - {metric: val_accuracy, mode: max}
-  - {metric: active_layers, mode: min}
-sampler: {name: random, seed: 1}
-"""
+TRIAL = digits_trial("EPOCHS")
+SPACE = prior_weight_space(seed=1, more="optimizer.lr: LR")
 
 LR = "{type: float, low: 0.02, high: 0.1, log: true}"
 

@@ -1,9 +1,10 @@
-"""ALGORITHM.md section 6, properties 2-5: removal, affinity, estimator, weights to zero."""
+"""docs/algorithm.md section 6, properties 2-5: removal, affinity, estimator, weights to zero."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
@@ -12,9 +13,9 @@ from test_models import CASES, _batch, _build
 
 from layertune.config import MLPConfig
 from layertune.export import compact
-from layertune.gates import GateController
+from layertune.gates import GateController, GateDraw
 from layertune.models import build_model
-from layertune.prior import PriorSettings, energies
+from layertune.prior import PriorSettings, decay_coefficient, energies
 from layertune.sections import GatedNetwork
 
 SETTINGS = PriorSettings(prior_scale=1.0, spike_ratio=0.1, hyperprior_strength=1.0,
@@ -92,9 +93,27 @@ def test_expected_objective_is_affine_in_each_gate() -> None:
         slopes = [b - a for a, b in itertools.pairwise(values)]
         assert max(slopes) - min(slopes) < 1e-6 * max(1.0, abs(slopes[0]))
         assert abs(slopes[0]) > 1e-4  # the gate matters, so the check is not vacuous
-    # the prior part is theta R1 + (1 - theta) R0, affine by construction; its slope is R1 - R0
-    r1, r0 = energies(torch.tensor([5.0]), torch.tensor([10.0]), 0.1, 1.0)
-    assert torch.isfinite(r1 - r0).all()
+
+
+def test_prior_energies_are_the_student_t_of_the_formulation() -> None:
+    """R_c = (alpha + n/2) log(1 + Q / (2 alpha c^2)) + n log c, alpha = n / (2h); the rent
+    R_1 - R_0 is n log(1/rho) for vanishing weights (prune) and tends to 2 alpha log(rho) < 0
+    for large ones (keep); the weight step's decay is d/dQ of theta R_1 + (1 - theta) R_0."""
+    n, rho, h = 10.0, 0.1, 2.0
+    alpha = n / (2 * h)
+    q = torch.tensor([5.0, 1e-9, 1e9], dtype=torch.float64, requires_grad=True)
+    r1, r0 = energies(q, torch.full((3,), n, dtype=torch.float64), rho, h)
+    assert r1[0].item() == pytest.approx((alpha + n / 2) * math.log(1 + 5.0 / (2 * alpha)))
+    assert r0[0].item() == pytest.approx(
+        (alpha + n / 2) * math.log(1 + 5.0 / (2 * alpha * rho**2)) + n * math.log(rho))
+    rent = (r1 - r0).detach()
+    assert rent[1].item() == pytest.approx(n * math.log(1 / rho), rel=1e-6)
+    assert rent[2].item() == pytest.approx(2 * alpha * math.log(rho), rel=1e-3)
+    theta = torch.tensor([0.3, 0.3, 0.3], dtype=torch.float64)
+    (theta * r1 + (1 - theta) * r0).sum().backward()
+    decay = decay_coefficient(q.detach(), torch.full((3,), n, dtype=torch.float64), theta, rho,
+                              h)
+    assert torch.allclose(decay, q.grad, rtol=1e-9)
 
 
 # --- property 4: estimators -------------------------------------------------------------------
@@ -119,12 +138,12 @@ def _mean_estimate(net: GatedNetwork, theta: list[float], estimator: str, x, y) 
         p = 1.0
         for zi, t in zip(z, theta, strict=True):
             p *= t if zi else 1.0 - t
-        probe = torch.zeros(len(theta), requires_grad=True)
-        gates._probe = probe
-        net.set_gates(list(z), probe=probe if estimator == "first_order" else None)
+        probe = torch.zeros(len(theta), requires_grad=True) if estimator == "first_order" \
+            else None
+        net.set_gates(list(z), probe=probe)
         loss = F.cross_entropy(net(x), y)
         loss.backward()
-        mean += p * gates.data_gradient(list(z), loss, x, y).double()
+        mean += p * gates.data_gradient(GateDraw(list(z), probe), loss, x, y).double()
     return mean.tolist()
 
 
@@ -151,6 +170,14 @@ def test_exact_estimator_matches_enumeration() -> None:
     assert estimate == pytest.approx(exact, abs=1e-5)
 
 
+def _gate_step(gates: GateController, data_grad: torch.Tensor, lr: float) -> None:
+    """What ``Trial.step`` does after the weights' step, with a given data gradient."""
+    grad = gates.gradient(data_grad)
+    gates.shrink_weights(grad, lr)
+    gates.step(grad)
+    gates.prune(grad)
+
+
 # --- property 5: weights to zero --------------------------------------------------------------
 
 
@@ -164,7 +191,7 @@ def test_section_held_at_zero_shrinks_monotonically(case: str) -> None:
     for _ in range(200):
         norms.append(torch.sqrt(sum(t.detach().pow(2).sum() for t in tensors)).item())
         # z_0 = 0 always, so section 0 gets no data gradient: only the prior acts on it
-        gates.update(torch.zeros(len(net.sections)), lr=0.5)
+        _gate_step(gates, torch.zeros(len(net.sections)), lr=0.5)
     assert all(b < a or a == 0.0 for a, b in itertools.pairwise(norms))
     assert norms[-1] < 1e-3 * norms[0]
     assert gates.theta[0].item() == 0.0
@@ -198,7 +225,8 @@ def _steps_off_one(averaging: float) -> tuple[int, GateController]:
     noise = torch.Generator().manual_seed(0)
     off = 0
     for _ in range(500):
-        gates.update(-0.02 + 0.05 * torch.randn(1, generator=noise, dtype=torch.float64), lr=0.0)
+        _gate_step(gates, -0.02 + 0.05 * torch.randn(1, generator=noise, dtype=torch.float64),
+                   lr=0.0)
         off += gates.theta[0].item() < 1.0
     return off, gates
 

@@ -27,6 +27,7 @@ TRIALS = {
     "vgg16": {"data": {"name": "cifar10"}, "model": {"name": "vgg16"}},
     "resnet": {"data": {"name": "cifar10"}, "model": {"name": "resnet20"}},
     "default": {"data": {"name": "digits"}, "model": {"name": "mlp"}},
+    "prior_weight": {"data": {"name": "digits"}, "model": {"name": "mlp"}},
 }
 
 
@@ -170,11 +171,30 @@ def test_random_sampler_with_a_seed_repeats_its_configurations():
     assert runs[0] == runs[1]
 
 
-@pytest.mark.parametrize("name", ["nsga2", "tpe", "random"])
-def test_samplers(name):
+@pytest.mark.parametrize("name, cls", [
+    ("nsga2", optuna.samplers.NSGAIISampler),
+    ("tpe", optuna.samplers.TPESampler),
+    ("random", optuna.samplers.RandomSampler),
+])
+def test_each_name_gives_its_sampler_and_the_command_line_seed_wins(name, cls):
     from layertune.space import SamplerConfig
 
-    assert isinstance(make_sampler(SamplerConfig(name=name)), optuna.samplers.BaseSampler)
+    def first_values(sampler: optuna.samplers.BaseSampler) -> list[float]:
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(3)]
+
+    config = SamplerConfig(name=name, seed=1)
+    assert type(make_sampler(config)) is cls
+    assert first_values(make_sampler(config, seed=7)) == first_values(make_sampler(
+        SamplerConfig(name=name, seed=7)))
+    assert first_values(make_sampler(config, seed=7)) != first_values(make_sampler(config))
+
+
+def test_nsga2_takes_the_population_size():
+    from layertune.space import SamplerConfig
+
+    sampler = make_sampler(SamplerConfig(name="nsga2", population_size=6))
+    assert sampler._population_size == 6
 
 
 def test_max_epochs_sees_a_searched_epochs():

@@ -21,6 +21,7 @@ import pytest
 import ray
 from optuna.trial import TrialState
 from ray_record import ray_reports
+from sweep_files import digits_trial
 
 from layertune.config import ConfigError, MethodConfig
 from layertune.front import dominates, format_table, hypervolume, pareto_front
@@ -260,13 +261,7 @@ def test_resource_check_per_node():
 
 # --- a real sweep -----------------------------------------------------------------------------
 
-TRIAL = """\
-data: {name: digits, batch_size: 64, val_fraction: 0.2}
-model: {name: mlp, depth: 4, width: 32}
-optimizer: {lr: 0.05}
-epochs: 5
-seed: 0
-"""
+TRIAL = digits_trial(epochs=5)
 
 # Every gate mode of the trial config is sampled; one of them has no sections at all, which gate
 # collapse stops at its first epoch (degenerate), so the PRUNED path runs whatever the training

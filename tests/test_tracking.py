@@ -34,7 +34,7 @@ from ray_record import ray_reports
 from layertune.cli import main
 from layertune.config import ConfigError
 from layertune.front import knee
-from layertune.select import load_sweep, validation_accuracy
+from layertune.selection import load_sweep, validation_accuracy
 from layertune.sweep import plan_sweep, run_sweep, summary
 from layertune.tracking import SweepRecorder, gate_key, resolve_uri
 

@@ -13,6 +13,7 @@ import torch
 
 from layertune.cli import main
 from layertune.config import load_trial
+from layertune.contract import REPORT_EXTRA, REPORT_NUMBERS
 from layertune.export import compact, load_compact
 from layertune.train import Trial, run_trial
 
@@ -36,6 +37,7 @@ def test_cli_train_writes_result_and_compact_model(digits_run: Path) -> None:
     epochs = result["config"]["epochs"]
     assert [h["epoch"] for h in result["history"]] == list(range(1, epochs + 1))
     assert set(result["final"]) >= CONTRACT and result["final"] == result["history"][-1]
+    assert set(result["final"]) == {*REPORT_NUMBERS, *REPORT_EXTRA}  # nothing off the contract
     final = result["final"]
     assert final["active_layers"] + len(result["pruned_at"]) <= final["total_layers"]
 
@@ -156,8 +158,10 @@ def test_a_diverging_trial_stops_with_a_clear_error(capsys, tmp_path: Path) -> N
 
 
 def test_console_script_runs() -> None:
-    done = subprocess.run([sys.executable, "-m", "layertune.cli", "train", "--help"],
-                          capture_output=True, text=True, check=True)
+    script = Path(sys.executable).parent / "layertune"  # what pip installed for [project.scripts]
+    assert script.is_file(), f"no console script next to {sys.executable}"
+    done = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True,
+                          check=True)
     assert "--set" in done.stdout
 
 

@@ -26,16 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrialConfig
+from .contract import FINISHED, STATUS, STOPPED_BY
 from .front import knee
-from .tracking import (
-    KIND,
-    MODEL_DIR,
-    PARENT,
-    STATUS,
-    group_trials,
-    open_client,
-    trial_row,
-)
+from .tracking import KIND, MODEL_DIR, PARENT, group_trials, open_client, trial_row
 
 
 class ExportError(RuntimeError):
@@ -114,8 +107,8 @@ def pick(record: SweepRecord, *, trial: str | None = None, use_knee: bool = Fals
             raise ConfigError(f"--trial {trial}: no such trial in sweep {record.name} (Optuna "
                               f"numbers there: {known or 'none'}; Ray ids and run ids work too)")
         row = matches[0]
-        if row[STATUS] != "finished":
-            why = f" ({row.get('stopped_by')})" if row.get("stopped_by") else ""
+        if row[STATUS] != FINISHED:
+            why = f" ({row.get('stopped_by')})" if row.get(STOPPED_BY) else ""
             raise ConfigError(f"--trial {trial}: that trial is {row[STATUS]}{why}; only finished "
                               "trials have a compact network")
         return row

@@ -1,0 +1,106 @@
+"""The Ray cluster a sweep runs on: start or join it, and check it can run the trials.
+
+docs/cluster.md says how to run a sweep on several nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import ray
+
+from ..config import ConfigError
+from .plan import SweepPlan
+
+
+def start_ray(plan: SweepPlan) -> bool:
+    """Start or join Ray; True when this call started it (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    given = plan.options.address
+    address = given or os.environ.get("RAY_ADDRESS")
+    _check_reachable(address)
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if not address:
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(address=given, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # Ray picks up its auth token for "auto" only; a host:port needs RAY_AUTH_MODE=token
+        # set before Python starts (Ray reads it at import).
+        hint = "" if not address or address == "auto" else (
+            "; for a cluster with token authentication (Ray's default) set RAY_AUTH_MODE=token "
+            "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN, or use --address auto on "
+            "one of its nodes")
+        raise ConfigError(f"--address {address or 'local'}: cannot start or join Ray "
+                          f"({first}){hint}") from None
+    return True
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A host:port nobody answers at: say so now (``ray.init`` retries it for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: use host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"--address {address}: nothing answers at {host}:{port} "
+                          f"({err.strerror or err}); is the cluster up (ray start --head)?") \
+            from None
+
+
+def check_resources(plan: SweepPlan, nodes: list[dict] | None = None) -> None:
+    """A trial asking for more than any node has would stay PENDING forever: refuse it.
+
+    ``nodes``: the alive nodes' resource dicts (default: asked of the running Ray).
+    """
+    if nodes is None:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus, gpus = plan.options.cpus_per_trial, plan.options.gpus_per_trial
+    if gpus > 0 and sum(n.get("GPU", 0) for n in nodes) == 0:
+        raise ConfigError(f"--gpus-per-trial {gpus:g}: the Ray cluster has no "
+                          "GPU; use --gpus-per-trial 0 or join a cluster with GPUs (--address)")
+    need = {"CPU": cpus, "GPU": gpus}
+    if not any(all(n.get(k, 0) >= v for k, v in need.items() if v > 0) for n in nodes):
+        cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+        gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise ConfigError(
+            f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}: no Ray node has that much "
+            f"(largest: {cpu:g} CPU, {gpu:g} GPU)"
+        )
+
+
+def multi_node_warnings(plan: SweepPlan, nodes: int | None = None) -> list[str]:
+    """What a cluster of several nodes needs that this sweep may not have.
+
+    Trials checkpoint into the sweep folder from whichever node runs them, and a trial retried
+    on another node reads its checkpoint back from there; the MLflow record is written by this
+    driver, but a sqlite file next to it is only readable on this machine.
+    """
+    if nodes is None:
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes < 2:
+        return []
+    lines = [f"the Ray cluster has {nodes} nodes: the sweep folder {plan.folder} must be "
+             "shared storage every node mounts at that path (NFS or similar); on a node-local "
+             "disk, trials on other nodes cannot save or restore checkpoints"]
+    uri = plan.tracking_uri  # None: tracking is off
+    if uri is not None and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        lines.append(f"the MLflow record ({plan.tracking_uri or 'sqlite in the sweep folder'})"
+                     " is node-local: use an MLflow server (--tracking-uri http://HOST:5000) "
+                     "to browse it from other machines")
+    return lines
+
+
+def resources_text() -> str:
+    """What the running Ray has, e.g. ``8 CPU, 1 GPU``."""
+    r = ray.cluster_resources()
+    return f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU"

@@ -1,0 +1,177 @@
+"""A sweep's plan: its options checked, its input loaded, its folder resolved, before Ray starts.
+
+Every problem is a one-line ``ConfigError`` naming the flag or file; nothing is written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, TrialConfig, load_trial
+from ..space import SearchSpace, check_parameters, load_space
+from ..tracking import resolve_uri
+
+SCHEDULERS = ("gate-collapse", "asha", "fifo")
+RECORD = "sweep.json"  # in the sweep folder: what fixes its trials (``SweepPlan.record``)
+_CLASSES = {"mnist": 10, "mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100,
+            "imagenet": 1000}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepOptions:
+    """How to run a sweep, as given (``layertune sweep``'s flags, ``plan_sweep``'s keywords).
+
+    Checked when made, in this order, each failure one line naming its flag. ``overrides``
+    (dotted keys, as ``--set``) change the trial config before the search space applies.
+    """
+
+    samples: int = 16
+    name: str | None = None
+    storage: str | Path | None = None
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    scheduler: str = "gate-collapse"
+    seed: int | None = None
+    tracking_uri: str | None = None
+    overrides: dict[str, Any] | None = None
+    resume: bool = False
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        if self.resume and not self.name:
+            raise ConfigError("--resume: give the --name of the sweep to continue")
+        if self.max_failures < 0:
+            raise ConfigError(f"--max-failures {self.max_failures}: must be >= 0")
+        if self.samples < 1:
+            raise ConfigError(f"--samples {self.samples}: must be at least 1")
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(f"--cpus-per-trial {self.cpus_per_trial}: must be > 0 "
+                              "(e.g. 1 or 0.5)")
+        gpus = self.gpus_per_trial
+        if gpus < 0:
+            raise ConfigError(f"--gpus-per-trial {gpus}: must be >= 0 (e.g. 0.25)")
+        if gpus > 1 and gpus != int(gpus):
+            raise ConfigError(f"--gpus-per-trial {gpus}: above 1 it must be whole")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent {self.max_concurrent}: must be at least 1")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler {self.scheduler}: allowed: {', '.join(SCHEDULERS)}")
+
+    def sweep_name(self, trial_path: str | Path, space_path: str | Path) -> str:
+        """``name``, by default TRIAL-SPACE-time; a name is also a folder name."""
+        name = self.name
+        if name is None:
+            name = f"{Path(trial_path).stem}-{Path(space_path).stem}-" \
+                   f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        if not name or any(c in name for c in "/\\:") or name.startswith("."):
+            raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
+        return name
+
+    def sweep_folder(self, name: str) -> Path:
+        """``storage``, by default ./layertune-runs/NAME, absolute; it (or the nearest folder
+        above it that exists) must be a writable folder."""
+        folder = Path(self.storage) if self.storage else Path("layertune-runs") / name
+        folder = folder.expanduser().resolve()
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"--storage {folder}: exists and is not a folder")
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"--storage {folder}: {existing} is not writable")
+        return folder
+
+
+@dataclass
+class SweepPlan:
+    """A sweep ready to run: its options, and what they resolved to (absolute paths)."""
+
+    options: SweepOptions
+    trial_path: Path
+    space_path: Path
+    trial: TrialConfig
+    space: SearchSpace
+    name: str
+    folder: Path
+    tracking_uri: str | None  # None: no MLflow record
+
+    def record(self) -> dict[str, Any]:
+        """What fixes a sweep's trials: kept in ``sweep.json``, checked on ``--resume``."""
+        return {"trial": self.trial.model_dump(mode="json"),
+                "space": self.space.model_dump(mode="json"), "samples": self.options.samples,
+                "scheduler": self.options.scheduler, "seed": self.options.seed}
+
+
+def plan_sweep(trial_path: str | Path, space_path: str | Path, **options: Any) -> SweepPlan:
+    """Check the input (one-line ``ConfigError`` on anything wrong) and resolve paths.
+
+    ``options`` are the keywords of ``SweepOptions``. A sweep folder that holds a sweep is only
+    ever continued (``resume``), with the trial config and search space it started with.
+    """
+    given = SweepOptions(**options)
+    trial, space = _load_input(trial_path, space_path, given)
+    name = given.sweep_name(trial_path, space_path)
+    folder = given.sweep_folder(name)
+    plan = SweepPlan(
+        options=given, trial_path=Path(trial_path).resolve(),
+        space_path=Path(space_path).resolve(), trial=trial, space=space, name=name,
+        folder=folder, tracking_uri=resolve_uri(given.tracking_uri, folder),
+    )
+    _check_resume(plan)
+    return plan
+
+
+def _load_input(trial_path: str | Path, space_path: str | Path,
+                options: SweepOptions) -> tuple[TrialConfig, SearchSpace]:
+    """The trial config (with ``overrides``) and the search space, checked against each other
+    and against the GPUs asked for."""
+    trial = load_trial(trial_path, options.overrides)
+    space = load_space(space_path)
+    check_parameters(space, trial, str(space_path))
+    if trial.data.root:  # trials run in their own working directory
+        trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
+                                     source=str(trial_path))
+    if trial.device.startswith("cuda") and options.gpus_per_trial == 0:
+        raise ConfigError(f"{trial_path}: device: {trial.device} needs --gpus-per-trial > 0 "
+                          "(or device: auto)")
+    return trial, space
+
+
+def _check_resume(plan: SweepPlan) -> None:
+    """Never overwrite a sweep; resume only the one that is there, as it started."""
+    record = plan.folder / RECORD
+    exists = record.exists() or (plan.folder / "tune").exists()
+    resume = plan.options.resume
+    if exists and not resume:
+        raise ConfigError(f"--name {plan.name}: a sweep already exists in {plan.folder}; "
+                          "continue it with --resume, or choose another --name or --storage")
+    if not resume:
+        return
+    if not (plan.folder / "tune" / "tuner.pkl").exists() or not record.exists():
+        raise ConfigError(f"--resume: no sweep {plan.name} to continue in {plan.folder} "
+                          "(start it without --resume)")
+    try:
+        started = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--resume: {record} is unreadable ({err})") from None
+    for key, value in plan.record().items():
+        if started.get(key) != value:
+            what = {"trial": str(plan.trial_path), "space": str(plan.space_path)}.get(
+                key, f"--{key}")
+            raise ConfigError(f"--resume: {what} differs from what sweep {plan.name} started "
+                              f"with ({key}, kept in {record}); resume with the same input")
+
+
+def chance_accuracy(plan: SweepPlan) -> float:
+    """Accuracy of guessing: the search space's ``scheduler.chance_accuracy``, else one over
+    the number of classes of the trial's data set."""
+    given = plan.space.scheduler.chance_accuracy
+    if given is not None:
+        return given
+    data = plan.trial.data
+    return 1.0 / _CLASSES.get(data.name, data.synthetic_classes)

@@ -1,0 +1,112 @@
+"""Running a planned sweep: Ray up, the Tuner fitted, the front collected and written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import optuna
+import ray
+from optuna.trial import TrialState
+
+from ..search import check_study, close_running, open_storage
+from .cluster import check_resources, multi_node_warnings, resources_text, start_ray
+from .plan import RECORD, SweepPlan
+from .result import SweepResult, collect, write_front
+from .tuner import SweepTuner, new_tuner, restore_tuner
+
+
+def run_sweep(plan: SweepPlan, *, live: bool = True, interval: float | None = None,
+              keep_ray: bool = False) -> SweepResult:
+    """Run the sweep of ``plan`` (from ``plan_sweep``) and return its front and trials.
+
+    Resources are checked before anything is written; Ray is shut down at the end if this call
+    started it, unless ``keep_ray``.
+    """
+    _quiet()
+    started = start_ray(plan)
+    try:
+        check_resources(plan)
+        for line in multi_node_warnings(plan):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(plan.folder)
+        check_study(storage, plan.name, plan.space.modes)
+        if not plan.options.resume:
+            (plan.folder / RECORD).write_text(json.dumps(plan.record(), indent=1))
+        return _run(plan, storage, live, interval)
+    finally:
+        if started and not keep_ray:
+            ray.shutdown()
+
+
+def _quiet() -> None:
+    """Silence what Ray, Optuna and MLflow print that the live table replaces or that is noise."""
+    # Each epoch's checkpoint forces a snapshot of Tune's experiment state (cheap here: a few
+    # KB), which Tune warns about every few seconds; the warning is noise for this tool.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's new output engine prints its own banner even when silent; the live view replaces it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow.store.db.utils", "alembic", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _run(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
+         interval: float | None) -> SweepResult:
+    sweep = restore_tuner(plan, live, interval) if plan.options.resume else \
+        new_tuner(plan, storage, live, interval)
+    recorder = sweep.recorder
+    if recorder is not None:  # database, experiment and sweep run exist before any trial starts
+        if sweep.searcher is not None:
+            recorder.numbers = sweep.searcher.optuna_number
+        recorder.prepare()
+        recorder.start()
+    if live:
+        _print_banner(plan)
+    # Tune saves its experiment state every >= 10 s by default; every second, a resume repeats
+    # at most a second of work and CheckpointPruner frees old checkpoints soon after.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    t0 = time.monotonic()
+    try:
+        sweep.tuner.fit()
+    finally:
+        if recorder is not None:  # Tune's experiment end closed the record; this is the net
+            recorder.close()
+    wall = time.monotonic() - t0
+    return _finish(plan, storage, sweep, wall, live)
+
+
+def _print_banner(plan: SweepPlan) -> None:
+    o = plan.options
+    print(f"layertune sweep {plan.name}: {o.samples} trials of {plan.trial_path.name} "
+          f"over {plan.space_path.name}, scheduler {o.scheduler}, "
+          f"{o.cpus_per_trial:g} CPU + {o.gpus_per_trial:g} GPU per trial; "
+          f"Ray has {resources_text()}"
+          + (f"; resuming from {plan.folder}" if o.resume else ""), flush=True)
+
+
+def _finish(plan: SweepPlan, storage: optuna.storages.RDBStorage, sweep: SweepTuner,
+            wall: float, live: bool) -> SweepResult:
+    """After ``fit``: the front written, and the sweep closed in Optuna unless it was cut short
+    (then ``--resume`` goes on with it)."""
+    ended = len(optuna.load_study(study_name=plan.name, storage=storage).get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    interrupted = ended < plan.options.samples
+    if not interrupted:
+        close_running(storage, plan.name)  # nothing of this sweep stays RUNNING in Optuna
+    monitor = sweep.monitor
+    if live and not sys.stdout.isatty():
+        monitor.draw()
+    result = collect(plan, storage, list(monitor.rows.values()), wall)
+    result.events = list(monitor.events)
+    result.interrupted = interrupted
+    write_front(result)
+    if sweep.recorder is not None:
+        sweep.recorder.log_summary({"trials_this_run": len(result.trials),
+                                    "trial_epochs_this_run": result.trial_epochs,
+                                    "wall_s": wall})
+    return result

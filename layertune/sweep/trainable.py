@@ -1,0 +1,75 @@
+"""What Tune runs for each trial, in a Ray worker: ``train.run_trial`` on the sampled config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from ..config import TrialConfig
+from .plan import SweepPlan
+
+
+# The name ``_train`` is the trainable's name in Tune's saved experiment: a resumed sweep must
+# hand Tune a trainable of the same name, so it stays as sweeps were started with it.
+def _train(config: dict, base: dict, threads: int, export: bool = True) -> None:
+    """One Tune trial: the trial config with the searcher's dotted-key overrides applied.
+
+    With ``export`` the last epoch's checkpoint also holds the compact network and the trial
+    config (``export.save_bundle``): the driver's MLflow record copies it from there, which
+    works across nodes because checkpoints are persisted to the sweep's storage.
+    """
+    import torch
+
+    from ..export import save_bundle
+    from ..train import TrialDiverged, run_trial
+
+    torch.set_num_threads(threads)  # the trial's CPU share, not the whole node
+    trial_config = TrialConfig.model_validate(base).with_overrides(config, source="sweep")
+
+    node = ray.get_runtime_context().get_node_id()  # several nodes may share one IP
+
+    def report(metrics: dict, folder: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
+        tune.report({**metrics, "node_id": node}, checkpoint=checkpoint)
+
+    # Tune retries every error from its last checkpoint (--max-failures), which is right for a
+    # lost worker or node and pointless for a loss that went NaN: that one fails at once.
+    diverged = Path(tune.get_context().get_trial_dir(), "diverged.txt")
+    if diverged.exists():
+        raise TrialDiverged(diverged.read_text())
+
+    def bundle(model: Any, keep: list[bool], folder: str) -> None:
+        save_bundle(model, keep, trial_config.model_dump(mode="json"), folder)
+
+    last = bundle if export else None
+    checkpoint = tune.get_checkpoint()
+    try:
+        if checkpoint is None:
+            run_trial(trial_config, report, checkpoint=True, last_checkpoint=last)
+            return
+        with checkpoint.as_directory() as folder:  # Tune retried the trial: go on from there
+            run_trial(trial_config, report, checkpoint=True, resume_from=folder,
+                      last_checkpoint=last)
+    except TrialDiverged as err:
+        diverged.write_text(str(err))
+        raise
+
+
+def make_trainable(plan: SweepPlan) -> Any:
+    """``_train`` with the plan's trial config bound and one trial's resources attached; torch
+    gets a thread per whole CPU (at least one), and the bundle is exported only for an MLflow
+    record to copy."""
+    cpus, gpus = plan.options.cpus_per_trial, plan.options.gpus_per_trial
+    return tune.with_resources(
+        tune.with_parameters(_train, base=plan.trial.model_dump(mode="json"),
+                             threads=max(1, int(cpus)), export=plan.tracking_uri is not None),
+        {"cpu": cpus, "gpu": gpus},
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """A trial's folder in ``tune/``: ``trial_ID``."""
+    return f"trial_{trial.trial_id}"

@@ -1,0 +1,43 @@
+"""``layertune ui``: the sweeps a folder holds, and the MLflow server that shows them.
+
+The server binds to 127.0.0.1 only (docs/security.md says why).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def find_sweeps(root: str | Path) -> dict[str, Path]:
+    """Sweep folders under ``root`` (or ``root`` itself) that hold an ``mlflow.db``: name->db.
+
+    The name is the folder's (``./layertune-runs/NAME``); for ``root`` itself, the sweeps
+    recorded in its database.
+    """
+    root = Path(root).expanduser().resolve()
+    if (root / "mlflow.db").is_file():
+        return {",".join(recorded_sweeps(root / "mlflow.db")) or root.name: root / "mlflow.db"}
+    if not root.is_dir():
+        return {}
+    return {p.name: p / "mlflow.db" for p in sorted(root.iterdir())
+            if (p / "mlflow.db").is_file()}
+
+
+def recorded_sweeps(db: str | Path) -> list[str]:
+    """Names of the sweeps (experiments) in an MLflow sqlite file, read without MLflow."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            rows = con.execute("select name from experiments where lifecycle_stage = 'active' "
+                               "and name != 'Default' order by experiment_id").fetchall()
+    except sqlite3.Error:
+        return []
+    return [r[0] for r in rows]
+
+
+def server_command(uri: str, port: int) -> list[str]:
+    """``mlflow server`` over one database, bound to 127.0.0.1 (artifacts: file locations)."""
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
