@@ -101,6 +101,23 @@ class MethodConfig(_Strict):
         "where J is lower (exact loss difference on training data plus the prior)",
     )
     prune_patience: int = Field(50, ge=1, description="steps theta=0 and R1>R0 must hold")
+    decide_at: int = Field(
+        0, ge=0, description="epoch after which the structure is decided once by the loss "
+        "budget and the gates are fixed, the rest of training trains the compact network "
+        "(docs/algorithm.md, 'Early decision'); 0: the gates learn until the end",
+    )
+    decide_tolerance: float = Field(
+        0.7, ge=0.0, le=1.0, description="loss budget: the share of the training-loss reduction "
+        "that all sections together buy which the removed sections may give up",
+    )
+    decide_batches: int = Field(
+        10, ge=1, description="training minibatches the early decision measures the loss on",
+    )
+    recalibrate_bn: bool = Field(
+        False, description="before each evaluation, recompute BatchNorm running statistics "
+        "from recalibrate_batches training minibatches of the network evaluated",
+    )
+    recalibrate_batches: int = Field(20, ge=1, description="minibatches of a recalibration")
     gates: Literal["learned", "fixed", "removed"] = Field(
         "learned", description="fixed: every gate at 1 (baseline); removed: no sections at all"
     )

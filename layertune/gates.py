@@ -7,14 +7,14 @@ decides which sections run, which is Python control flow); one device-to-host co
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batchnorm import frozen_batchnorm_stats
 from .prior import PriorSettings, SectionPrior
 from .sections import GatedNetwork
 
@@ -62,6 +62,10 @@ class GateController:
     projected SGD). ``prune`` removes sections that have held ``theta == 0`` and ``R_1 > R_0``
     for ``patience`` steps and returns their parameters so the caller can take them out of the
     optimiser.
+
+    ``fix(z)`` ends all of this (docs/algorithm.md, "Early decision"): theta takes the decided
+    vertices, the sections at 0 are removed at once, and from then on the gates are ``fixed``:
+    no draws, no gate steps, only the prior's step on the kept weights (``shrink_weights``).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class GateController:
         self.grad_avg = torch.zeros(num, dtype=torch.float64)
         self.pruned_at_step: dict[int, int] = {}
         self.steps = 0
+        self.fixed = False
         for i, s in enumerate(self.sections):
             if s.pruned:
                 self.theta[i] = 0.0
@@ -116,6 +121,7 @@ class GateController:
             "grad_avg": self.grad_avg.clone(),
             "pruned_at_step": dict(self.pruned_at_step),
             "steps": self.steps,
+            "fixed": self.fixed,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -124,6 +130,7 @@ class GateController:
         self.grad_avg = state.get("grad_avg", torch.zeros_like(self.theta)).clone()
         self.pruned_at_step = {int(k): int(v) for k, v in state["pruned_at_step"].items()}
         self.steps = int(state["steps"])
+        self.fixed = bool(state.get("fixed", False))
 
     # --- one step ---------------------------------------------------------------------------
 
@@ -199,9 +206,11 @@ class GateController:
         data, rent, q = host.split(len(self.sections))
         return GateGradient(data, rent, q)
 
-    def shrink_weights(self, grad: GateGradient, lr: float) -> None:
-        """The prior's step on the weights (step size ``lr``), at the ``theta`` of this step."""
-        self.prior.shrink_(grad.q, self.theta, lr)
+    def shrink_weights(self, grad: GateGradient | None, lr: float) -> None:
+        """The prior's step on the weights (step size ``lr``), at the ``theta`` of this step
+        (``grad`` None: once the gates are fixed, with ``Q`` read here)."""
+        q = grad.q if grad is not None else self.prior.quadratic().cpu().double()
+        self.prior.shrink_(q, self.theta, lr)
 
     def step(self, grad: GateGradient, schedule: float = 1.0) -> None:
         """Projected SGD on ``theta`` with step ``theta_lr * schedule`` (``schedule`` follows the
@@ -230,19 +239,19 @@ class GateController:
             self.prior.refresh()
         return removed
 
+    def fix(self, z: list[float]) -> list[nn.Parameter]:
+        """Set theta to the decided gates ``z`` (0 or 1) for good and remove the sections at 0.
+        Returns the removed parameters."""
+        self.theta = torch.tensor(z, dtype=torch.float64)
+        self.fixed = True
+        removed: list[nn.Parameter] = []
+        for i in self.alive:
+            if z[i] == 0.0:
+                removed += self.sections[i].prune()
+                self.pruned_at_step[i] = self.steps
+        if removed:
+            self.prior.refresh()
+        return removed
+
     def _alive_mask(self) -> Tensor:
         return torch.tensor([not s.pruned for s in self.sections])
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
-    """Extra forwards in train mode (batch statistics) that leave running statistics alone."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved, strict=True):
-            m.momentum = momentum

@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .batchnorm import frozen_batchnorm_stats, recalibrate
 from .config import ConfigError, TrialConfig
 from .data import DataBundle, load_data
+from .decision import loss_budget
 from .flops import FlopTable, flop_table
 from .gates import GateController
 from .models import build_model
@@ -117,7 +119,7 @@ class Trial:
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """One minibatch: draw gates, weights step, gate step, pruning. Returns the loss."""
-        if self.mode != "learned":
+        if self.mode != "learned" or self.gates.fixed:
             return self._plain_step(x, y)
         gates = self.gates
         draw = gates.sample()
@@ -135,11 +137,14 @@ class Trial:
         return self._end_step(draw.z, loss, len(y))
 
     def _plain_step(self, x: Tensor, y: Tensor) -> Tensor:
-        """Gates fixed at 1 (``gates: fixed``) or sections removed (``gates: removed``)."""
+        """Every remaining section on: ``gates: fixed`` or ``removed``, or learned gates after
+        the early decision (there the prior's slab still acts on the kept weights)."""
         z = [0.0 if s.pruned else 1.0 for s in self.model.sections]
         self.model.set_gates(z)
         loss = self._backward(x, y)
         self.optimizer.step()
+        if self.mode == "learned":
+            self.gates.shrink_weights(None, effective_step(self.optimizer))
         return self._end_step(z, loss, len(y))
 
     def _backward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -165,13 +170,51 @@ class Trial:
         for x, y in self.data.train:
             total += self.step(x, y)
         mean_loss = float(total) / max(len(self.data.train), 1)  # syncs the device
-        seconds = time.perf_counter() - start
         if not math.isfinite(mean_loss):
             raise TrialDiverged(
                 f"training loss is {mean_loss} in epoch {self.epoch}: lower optimizer.lr or "
                 "method.prior_weight"
             )
-        return seconds, mean_loss
+        m = self.config.method
+        if self.mode == "learned" and self.epoch == m.decide_at and not self.gates.fixed:
+            self.decide_structure()
+        if m.recalibrate_bn:
+            self.recalibrate_bn()
+        return time.perf_counter() - start, mean_loss
+
+    def decide_structure(self) -> None:
+        """The early decision (``method.decide_at``): keep the sections the loss budget keeps,
+        fix the gates, remove the rest from the network and the optimiser."""
+        m = self.config.method
+        batches = self._train_batches(m.decide_batches)
+        keep = loss_budget(lambda z: self._batch_loss(batches, z), self.gates.deterministic(),
+                           m.decide_tolerance)
+        removed = self.gates.fix(keep)
+        drop_parameters(self.optimizer, removed)
+        for i in self.gates.pruned_at_step:
+            self.pruned_at.setdefault(i, self.epoch)
+
+    @torch.no_grad()
+    def _batch_loss(self, batches: list[tuple[Tensor, Tensor]], z: list[float]) -> float:
+        """Training loss of the network with gates ``z``, with batch statistics as in training
+        (running statistics mislead mid-training). Its forwards count as training work."""
+        samples = sum(len(y) for _, y in batches)
+        self.train_flops += self.flops.forward([zi == 1.0 for zi in z]) * samples
+        self.model.train()
+        self.model.set_gates(z)
+        with frozen_batchnorm_stats(self.model), self.autocast:
+            total = sum(F.cross_entropy(self.model(x).float(), y, reduction="sum")
+                        for x, y in batches)
+        return float(total) / samples
+
+    def recalibrate_bn(self) -> None:
+        """Running statistics of the network that is evaluated (``method.recalibrate_bn``).
+        Not counted in ``train_flops``: training never reads them, only evaluation does."""
+        self.model.set_gates(self.gates.deterministic())
+        recalibrate(self.model, self._train_batches(self.config.method.recalibrate_batches))
+
+    def _train_batches(self, count: int) -> list[tuple[Tensor, Tensor]]:
+        return [batch for _, batch in zip(range(count), self.data.train, strict=False)]
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -217,10 +260,11 @@ class Trial:
             "undecided_layers": self.gates.undecided(),
             "decided_at_end": len(self.decided),
             # every gate at 0 or 1 says nothing while no gate has moved (theta_0 = 1 starts
-            # there): the depth counts as known once the gates have removed a section
-            "collapsed": int(
+            # there): the depth counts as known once the gates have removed a section, or once
+            # the early decision has fixed them
+            "collapsed": int(self.gates.fixed or (
                 self.gates.undecided() == 0 and any(s.pruned for s in self.model.sections)
-            ),
+            )),
             "flops": self.flops.forward(keep),
             "params": sum(p.numel() for p in self.model.parameters()) - self._dropped_params(keep),
             "train_flops": self.train_flops,
@@ -259,7 +303,8 @@ def run_trial(
         load_state(trial, resume_from)
     while trial.epoch < config.epochs:
         seconds, _ = trial.train_epoch()
-        if trial.epoch == config.epochs and trial.mode == "learned" and config.method.decide_at_end:
+        if (trial.epoch == config.epochs and trial.mode == "learned"
+                and config.method.decide_at_end and not trial.gates.fixed):
             trial.decide_gates()
         metrics = trial.metrics(seconds)
         trial.history.append(metrics)
