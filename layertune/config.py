@@ -151,6 +151,13 @@ class TrialConfig(_Strict):
     bf16: bool = Field(False, description="bf16 autocast (GPU)")
     channels_last: bool = Field(False, description="channels_last memory format (GPU, 2-d convs)")
 
+    @model_validator(mode="after")
+    def _decision_inside_training(self) -> TrialConfig:
+        if self.method.decide_at >= self.epochs:
+            raise ValueError(f"method.decide_at ({self.method.decide_at}) must be below epochs "
+                             f"({self.epochs}); 0 lets the gates learn until the end")
+        return self
+
     def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> TrialConfig:
         return validate(apply_overrides(self.model_dump(mode="json"), overrides), source)
 
@@ -174,6 +181,8 @@ def _format(err: ValidationError, source: str) -> str:
         return f"{source}: {key}: {msg}"
     elif e["type"] == "literal_error":
         msg = msg.replace("Input tag", "value").replace("Input should be", "allowed:")
+    elif e["type"] == "value_error" and not loc:  # a check across keys names its keys itself
+        return f"{source}: {msg.removeprefix('Value error, ')}"
     got = e.get("input")
     if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict):
         msg += f" (got {got!r})"

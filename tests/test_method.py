@@ -305,3 +305,19 @@ def test_reference_a_every_gate_ends_at_0_or_1(reference_a) -> None:
     assert all(t in (0.0, 1.0) for t in learned.final["theta"])
     assert learned.final["decided_at_end"] == len(learned.decided)
     assert all(0.0 < t < 1.0 for t in learned.decided.values())  # only undecided gates moved
+
+
+def test_reference_a_structure_is_final_by_30_percent_of_the_epochs(reference_a) -> None:
+    learned, _ = reference_a
+    history = learned.history
+    by = int(0.3 * len(history))
+    assert all(set(h["theta"]) <= {0.0, 1.0} for h in history[by - 1:])
+    assert all(h["theta"] == history[-1]["theta"] for h in history[by - 1:])
+
+
+@pytest.mark.parametrize("run", [0, 1], ids=["learned", "fixed"])
+def test_reference_a_accuracy_never_falls_3_points_below_its_best_after_epoch_3(
+    reference_a, run: int
+) -> None:
+    vals = [h["val_accuracy"] for h in reference_a[run].history]
+    assert all(v >= max(vals[:i + 1]) - 0.03 for i, v in enumerate(vals) if i >= 3)
