@@ -405,3 +405,23 @@ def test_a_sweep_is_never_overwritten_and_resuming_a_finished_one_runs_nothing(s
     assert result.trials == []  # every trial had ended: none ran again
     assert [r["ray_trial"] for r in result.front] == [r["ray_trial"] for r in first.front]
     assert len(ray_reports(folder)) == SAMPLES
+
+
+def test_every_command_the_summary_prints_runs(sweep, tmp_path):
+    """What a user copies from the end of a sweep works: the read-back commands for real, the
+    servers (``ui``, optuna-dashboard) in their ``--help`` form."""
+    import shlex
+    import subprocess
+    import sys
+
+    _, result = sweep
+    commands = [shlex.split(line.strip().strip("()")) for line in summary(result).splitlines()
+                if line.strip().strip("(").startswith(("layertune ", "optuna-dashboard "))]
+    assert {c[0] for c in commands} == {"layertune", "optuna-dashboard"}
+    assert {c[1] for c in commands if c[0] == "layertune"} == {"front", "export", "ui"}
+    bin_dir = Path(sys.executable).parent
+    for command in commands:
+        serves = command[0] == "optuna-dashboard" or command[1] == "ui"
+        argv = [str(bin_dir / command[0]), *command[1:], *(["--help"] if serves else [])]
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
