@@ -71,6 +71,17 @@ class ResNetConfig(_Strict):
         "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "resnet34",
         "resnet50",
     ]
+    blocks_per_stage: int | None = Field(
+        None, ge=1, description="CIFAR ResNets: basic blocks in each of the 3 stages instead "
+        "of the name's n = (depth - 2) / 6 (the from-scratch grid trains every n)",
+    )
+
+    @model_validator(mode="after")
+    def _blocks_for_cifar_only(self) -> ResNetConfig:
+        if self.blocks_per_stage is not None and self.name in ("resnet18", "resnet34",
+                                                               "resnet50"):
+            raise ValueError("blocks_per_stage is for the CIFAR ResNets (resnet20..resnet110)")
+        return self
 
 
 ModelConfig = Annotated[

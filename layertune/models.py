@@ -178,8 +178,10 @@ def _stages(
 
 
 def _resnet_cifar(n: int, cfg: object, in_shape: tuple[int, ...], num_classes: int) -> Layers:
-    """He et al. 2016 CIFAR ResNet-(6n+2): 3x3 stem, 3 stages of n basic blocks (16/32/64)."""
+    """He et al. 2016 CIFAR ResNet-(6n+2): 3x3 stem, 3 stages of n basic blocks (16/32/64);
+    ``blocks_per_stage`` in the config replaces n."""
     _need_dims("resnet", in_shape, 3, "(channels, height, width)")
+    n = getattr(cfg, "blocks_per_stage", None) or n
     blocks, c = _stages(16, (16, 32, 64), (n, n, n), bottleneck=False)
     stem = _conv_bn(in_shape[0], 16, 3)
     head: Layers = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
