@@ -26,6 +26,10 @@ from .rows import KIND, PARENT, SWEEP, TAG_MAX, group_trials, log_params, refere
 from .uri import is_server, open_client
 
 _RESUMES = "layertune.resumes"  # tag: how often the sweep was resumed
+# MLflow 3's UI opens an experiment of this kind on its training runs (the runs table with
+# their metrics), not on the GenAI overview of traces it shows for experiments of no kind.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+DESCRIPTION = "mlflow.note.content"  # a run's description in the UI (markdown)
 _TABLE = "pareto/trials_table.json"
 
 
@@ -74,12 +78,15 @@ class SweepRun:
                 # a database keeps no artifacts: they go to the sweep folder (a server has its own)
                 location = None if is_server(s.uri) else (s.folder / "mlflow-artifacts").as_uri()
                 self.experiment_id = client.create_experiment(
-                    s.name, artifact_location=location, tags={KIND: "sweep"})
+                    s.name, artifact_location=location, tags={KIND: "sweep", **EXPERIMENT_KIND})
             elif exp.lifecycle_stage == "deleted":
                 raise ConfigError(f"--name {s.name}: its MLflow experiment in {s.uri} is "
                                   "deleted (restore it in the MLflow UI, or use another --name)")
             else:
                 self.experiment_id = exp.experiment_id
+                for key, value in EXPERIMENT_KIND.items():  # sweeps recorded before it was set
+                    if exp.tags.get(key) != value:
+                        client.set_experiment_tag(exp.experiment_id, key, value)
         except MlflowException as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"--tracking-uri {s.uri}: {first}") from None
@@ -94,7 +101,8 @@ class SweepRun:
         """A new parent run with the settings, the environment and the config files."""
         s, c = self.settings, self.client
         env = environment()
-        tags = {KIND: "sweep", SWEEP: s.name, "layertune.command": s.command[:TAG_MAX]}
+        tags = {KIND: "sweep", SWEEP: s.name, "layertune.command": s.command[:TAG_MAX],
+                DESCRIPTION: _description(s)}
         if env.get("git_commit"):
             tags["mlflow.source.git.commit"] = env["git_commit"]
         self.parent_id = c.create_run(self.experiment_id, run_name=s.name, tags=tags).info.run_id
@@ -190,3 +198,15 @@ class SweepRun:
             token = page.token
             if not token:
                 return out
+
+
+def _description(s: SweepSettings) -> str:
+    """The parent run's description: what the sweep searched and where its front is."""
+    objectives = ", ".join(f"{m} ({d})" for m, d in s.objectives)
+    return (f"Sweep **{s.name}** over {', '.join(f'`{p}`' for p in s.parameters)}; "
+            f"objectives {objectives}. Each trial is a nested run below this one.\n\n"
+            "The Pareto front, once the sweep ends, is in this run's artifacts: "
+            "`pareto/front.html` (interactive), "
+            "`pareto/front.png`, `pareto/front.csv` and `pareto/trials.csv` (every trial), "
+            "and the `pareto/trials_table.json` table for the Evaluation view. Read back with "
+            f"`layertune front {s.name}`.")

@@ -26,15 +26,29 @@ def find_sweeps(root: str | Path) -> dict[str, Path]:
 
 def recorded_sweeps(db: str | Path) -> list[str]:
     """Names of the sweeps (experiments) in an MLflow sqlite file, read without MLflow."""
+    return list(recorded_experiments(db))
+
+
+def recorded_experiments(db: str | Path) -> dict[str, str]:
+    """Sweep name -> MLflow experiment id in an MLflow sqlite file, read without MLflow."""
     import sqlite3
 
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            rows = con.execute("select name from experiments where lifecycle_stage = 'active' "
-                               "and name != 'Default' order by experiment_id").fetchall()
+            rows = con.execute("select name, experiment_id from experiments where "
+                               "lifecycle_stage = 'active' and name != 'Default' "
+                               "order by experiment_id").fetchall()
     except sqlite3.Error:
-        return []
-    return [r[0] for r in rows]
+        return {}
+    return {name: str(i) for name, i in rows}
+
+
+def runs_page(server: str, experiment_id: str) -> str:
+    """The MLflow UI page of a sweep's trial runs: the training view (not the GenAI overview
+    MLflow 3 opens by default), trials only, best validation accuracy first."""
+    query = ("workflowType=machine_learning&orderByKey=metrics.%60val_accuracy%60"
+             "&orderByAsc=false&searchFilter=tags.%60layertune.kind%60%20%3D%20%27trial%27")
+    return f"{server}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def server_command(uri: str, port: int) -> list[str]:
