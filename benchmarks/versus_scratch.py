@@ -21,6 +21,7 @@ Prints Markdown tables and writes ``benchmarks/out/versus_scratch-TRIAL.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -31,9 +32,10 @@ import ray
 
 from layertune.baseline import depth_grid, max_depth
 from layertune.config import TrialConfig, load_trial, parse_set
+from layertune.data import load_data
 from layertune.front import hypervolume, pareto_front
 from layertune.sweep import SweepResult, plan_sweep, run_sweep
-from layertune.train import run_trial
+from layertune.train import resolve_device, run_trial
 
 try:
     from results_table import write_section
@@ -67,10 +69,15 @@ def front_hypervolume(points: list[dict], depth: int) -> float:
 
 def run_grid(config: TrialConfig) -> list[dict]:
     """Train every grid network in turn; one row each (its last report)."""
+    # The grid's networks share data config and seed: load once (generating MNIST-1D takes
+    # longer than a cnn1d epoch), and give each a fresh copy, loaders' shuffle seeds included,
+    # so each sees exactly what a trial of its own would.
+    data = load_data(config.data, config.seed, resolve_device(config.device))
     rows = []
     for point in depth_grid(config):
         start = time.perf_counter()
-        last = run_trial(point.config, lambda metrics, folder: None).history[-1]
+        last = run_trial(point.config, lambda metrics, folder: None,
+                         data=copy.deepcopy(data)).history[-1]
         rows.append({"active_layers": last["active_layers"],
                      "val_accuracy": last["val_accuracy"], "train_flops": last["train_flops"],
                      "wall_s": round(time.perf_counter() - start, 1)})
