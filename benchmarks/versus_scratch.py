@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import ray
+import torch
 
 from layertune.baseline import depth_grid, max_depth
 from layertune.config import TrialConfig, load_trial, parse_set
@@ -207,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="the sweeps' MLflow record (default none: the fronts come from Tune)")
     p.add_argument("--live", action="store_true", help="show each sweep's live table")
     p.add_argument("--no-docs", action="store_true", help="leave docs/results.md alone")
+    p.add_argument("--threads", type=int,
+                   help="torch threads of the grid (default: torch's; sweep trials use their "
+                        "CPU share)")
     args = p.parse_args(argv)
+    if args.threads:
+        # on a loaded machine, intra-op threads wait on each other: 1 can be several times faster
+        torch.set_num_threads(args.threads)
     for key, default in DEFAULTS.items():  # --quick's values where none is given
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else default)
