@@ -32,8 +32,10 @@ def _print_epoch(metrics: dict, epochs: int) -> None:
 def train_command(args: argparse.Namespace) -> int:
     from .data import DataError
     from .export import save_compact
+    from .formats import check_format
     from .train import TrialDiverged, run_trial
 
+    check_format(args.format)  # before training, not after
     overrides = parse_set(args.set or [])
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -54,7 +56,7 @@ def train_command(args: argparse.Namespace) -> int:
     if result.note:
         print(result.note)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2))
-    paths = save_compact(result.model, result.keep, out / "model")
+    paths = save_compact(result.model, result.keep, out / "model", args.format)
     f = result.final
     pruned = ", ".join(f"{i} (epoch {e})" for i, e in sorted(result.pruned_at.items())) or "none"
     print(f"kept {f['active_layers']}/{f['total_layers']} sections; removed: {pruned}")
@@ -65,7 +67,7 @@ def train_command(args: argparse.Namespace) -> int:
               f"objective is lower: {decided}")
     if result.test:
         print(f"test accuracy {result.test['accuracy']:.4f}")
-    print(f"wrote {out / 'result.json'} and {paths['torchscript']}")
+    print(f"wrote {out / 'result.json'} and {paths['network']} ({args.format})")
     return 0
 
 
@@ -119,12 +121,15 @@ def front_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    from .formats import FORMATS, check_format
     from .selection import ExportError, export_network, load_sweep, pick
     from .train import resolve_device
 
     out = Path(args.out)
     if out.is_dir():
-        raise ConfigError(f"-o {out}: is a folder; give a file name, e.g. model.pt")
+        raise ConfigError(f"-o {out}: is a folder; give a file name, e.g. "
+                          f"model{FORMATS.get(args.format, '.pt2')}")
+    check_format(args.format, out)
     try:
         device = str(resolve_device(args.device))
     except (ConfigError, RuntimeError, ValueError):
@@ -137,12 +142,13 @@ def export_command(args: argparse.Namespace) -> int:
           f"{row.get('active_layers', '?')}/{row.get('total_layers', '?')} sections; "
           f"re-evaluating on its validation split ({device})", flush=True)
     try:
-        checked = export_network(record, row, out, device=device)
+        checked = export_network(record, row, out, device=device, fmt=args.format)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {checked['path']}: val_accuracy {checked['val_accuracy']:.4f} (recorded "
-          f"{checked['recorded_val_accuracy']:.4f}, {checked['gap_points']:.3f} points apart)")
+    print(f"wrote {checked['path']} ({args.format}): val_accuracy "
+          f"{checked['val_accuracy']:.4f} (recorded {checked['recorded_val_accuracy']:.4f}, "
+          f"{checked['gap_points']:.3f} points apart)")
     return 0
 
 
@@ -222,6 +228,16 @@ def _add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="its sweep folder (default ./layertune-runs/NAME)")
 
 
+def _add_format_argument(p: argparse.ArgumentParser) -> None:
+    from .formats import DEFAULT_FORMAT, FORMATS
+
+    # no argparse choices: an unknown format gets the same one-line error as every bad input
+    p.add_argument("--format", default=DEFAULT_FORMAT, metavar="|".join(FORMATS),
+                   help="the compact network's file: export (torch.export, .pt2, the default), "
+                   "onnx (ONNX Runtime, .onnx) or torchscript (.pt, deprecated by torch); "
+                   "each runs with torch or onnxruntime alone, on any batch size")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="layertune",
@@ -234,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key, e.g. --set optimizer.lr=0.1 (repeatable)")
     t.add_argument("--out", help="output folder (default runs/<trial name>)")
     t.add_argument("--seed", type=int, help="random seed (overrides the YAML)")
+    _add_format_argument(t)
     t.set_defaults(func=train_command)
     from .sweep import add_sweep_arguments, sweep_command
 
@@ -247,9 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default table)")
     f.set_defaults(func=front_command)
 
-    e = sub.add_parser("export", help="one network of a sweep as TorchScript, re-checked first",
+    e = sub.add_parser("export", help="one network of a sweep for a runtime, re-checked first",
                        description="Pick a finished trial, re-evaluate its compact network on "
-                       "the trial's validation split and write it as TorchScript if the "
+                       "the trial's validation split and write it (--format) if the "
                        "accuracy is within 0.1 point of the recorded one (else exit 1). "
                        "--knee: the front point nearest the utopia point once each objective "
                        "is scaled to [0, 1] over the front.")
@@ -260,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--knee", action="store_true", help="the knee of the front")
     how.add_argument("--min-accuracy", type=float, metavar="X", help="the front trial with "
                      "val_accuracy >= X (a fraction) that is best in the other objectives")
-    e.add_argument("-o", "--out", required=True, help="TorchScript file to write")
+    e.add_argument("-o", "--out", required=True, help="file to write; its suffix is the "
+                   "format's (.pt2, .onnx, .pt)")
+    _add_format_argument(e)
     e.add_argument("--device", default="cpu", help="where to re-evaluate: cpu (default), "
                    "cuda, cuda:N or auto")
     e.set_defaults(func=export_command)

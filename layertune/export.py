@@ -1,20 +1,22 @@
 """The compact network: gates gone, sections with ``round(theta) = 0`` deleted.
 
-Written as three files sharing a stem: ``STEM.pt`` (TorchScript), ``STEM.state.pt`` (state
-dict) and ``STEM.json`` (architecture: the model spec and which sections are kept), so a
-model can be reloaded with or without TorchScript.
+Written as three files sharing a stem: the network for a runtime (``STEM.pt2`` by default, or
+``STEM.onnx`` / ``STEM.pt``, see ``formats``), ``STEM.state.pt`` (state dict) and ``STEM.json``
+(architecture: the model spec and which sections are kept), so that layertune can rebuild the
+network from its weights alone.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import warnings
+import shutil
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .formats import DEFAULT_FORMAT, check_format, save_mlflow_model, write_network
 from .models import build_from_spec
 from .sections import GatedNetwork, GatedSection
 
@@ -55,27 +57,37 @@ def compact(model: GatedNetwork, keep: list[bool]) -> nn.Sequential:
     return nn.Sequential(*layers).eval()
 
 
-def save_compact(model: GatedNetwork, keep: list[bool], stem: str | Path) -> dict[str, str]:
-    """Write TorchScript, state dict and architecture JSON; returns their paths."""
+def save_compact(model: GatedNetwork, keep: list[bool], stem: str | Path,
+                 fmt: str = DEFAULT_FORMAT) -> dict[str, str]:
+    """Write the network as ``fmt``, its state dict and architecture JSON; returns their paths
+    (keys ``network``, ``state_dict``, ``architecture``)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     net = compact(model, keep).cpu()
     paths = {
-        "torchscript": str(stem.with_suffix(".pt")),
+        "network": str(stem.with_suffix(check_format(fmt))),
         "state_dict": str(stem.with_suffix(".state.pt")),
         "architecture": str(stem.with_suffix(".json")),
     }
-    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; it is still the
-        warnings.simplefilter("ignore", FutureWarning)  # format users can load without our code
-        torch.jit.script(net).save(paths["torchscript"])
-    torch.save(net.state_dict(), paths["state_dict"])
-    arch = {"spec": model.spec, "keep": [bool(k) for k in keep]}
-    Path(paths["architecture"]).write_text(json.dumps(arch, indent=2))
+    write_network(net, model.spec["in_shape"], paths["network"], fmt)
+    _save_weights(model, keep, net, stem)
     return paths
 
 
+def _save_weights(model: GatedNetwork, keep: list[bool], net: nn.Module, stem: Path) -> None:
+    torch.save(net.state_dict(), stem.with_suffix(".state.pt"))
+    arch = {"spec": model.spec, "keep": [bool(k) for k in keep]}
+    stem.with_suffix(".json").write_text(json.dumps(arch, indent=2))
+
+
+def input_shape(stem: str | Path) -> tuple[int, ...]:
+    """One input's shape (no batch) of the compact network saved at ``stem``."""
+    arch = json.loads(Path(stem).with_suffix(".json").read_text())
+    return tuple(int(s) for s in arch["spec"]["in_shape"])
+
+
 def load_compact(stem: str | Path) -> nn.Sequential:
-    """Rebuild a compact network from its architecture JSON and state dict (no TorchScript)."""
+    """Rebuild a compact network from its architecture JSON and state dict (weights only)."""
     stem = Path(stem)
     arch = json.loads(stem.with_suffix(".json").read_text())
     net = compact(build_from_spec(arch["spec"]), arch["keep"])
@@ -83,15 +95,22 @@ def load_compact(stem: str | Path) -> nn.Sequential:
     return net
 
 
-# A trial's export bundle: the compact network's three files plus the exact trial config, so
-# that the network can be re-evaluated on the same seeded validation split later.
+# A trial's export bundle: the compact network's weights and architecture plus the exact trial
+# config, so that it can be re-evaluated on the same seeded validation split later, and the
+# network as an MLflow Model folder, which the MLflow record logs as a model. The folder is
+# written in the trial's worker so that the driver only copies it (tracing costs ~0.5 s).
 MODEL_STEM = "model"
 CONFIG_FILE = "trial_config.json"
-BUNDLE_FILES = ("model.pt", "model.state.pt", "model.json", CONFIG_FILE)
+BUNDLE_FILES = ("model.state.pt", "model.json", CONFIG_FILE)
+MLFLOW_MODEL = "mlflow_model"
 
 
 def save_bundle(model: GatedNetwork, keep: list[bool], config: dict, folder: str | Path) -> None:
-    """Write the export bundle (``BUNDLE_FILES``) into ``folder`` (e.g. a final checkpoint)."""
+    """Write the export bundle (``BUNDLE_FILES`` and ``MLFLOW_MODEL``) into ``folder``."""
     folder = Path(folder)
-    save_compact(model, keep, folder / MODEL_STEM)
+    folder.mkdir(parents=True, exist_ok=True)
+    net = compact(model, keep).cpu()
+    _save_weights(model, keep, net, folder / MODEL_STEM)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    shutil.rmtree(folder / MLFLOW_MODEL, ignore_errors=True)  # MLflow will not overwrite it
+    save_mlflow_model(net, model.spec["in_shape"], folder / MLFLOW_MODEL)

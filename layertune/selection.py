@@ -11,8 +11,9 @@ the front is recomputed from the trial runs (finished trials only). Picking:
 
 ``export_network`` downloads the trial's compact network (``model/``), rebuilds it from its
 state dict (``weights_only=True``), re-evaluates it on the validation split of the trial's own
-config (same seed, same split) and writes TorchScript only if the accuracy is within
-``tolerance`` points of the recorded one.
+config (same seed, same split) and writes it for a runtime (``formats``: torch.export by
+default, ONNX or TorchScript) only if the accuracy is within ``tolerance`` points of the
+recorded one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,18 +172,18 @@ def _trial_config(record: SweepRecord, row: dict, folder: Path) -> TrialConfig:
 
 
 def export_network(record: SweepRecord, row: dict, out: str | Path, *, device: str = "cpu",
-                   tolerance_points: float = 0.1) -> dict[str, Any]:
-    """Re-evaluate ``row``'s compact network and write it as TorchScript to ``out``.
+                   tolerance_points: float = 0.1, fmt: str = "export") -> dict[str, Any]:
+    """Re-evaluate ``row``'s compact network and write it as ``fmt`` (``formats``) to ``out``.
 
     Returns what was checked; raises ``ExportError`` (nothing written) when the network is
     missing or its validation accuracy is more than ``tolerance_points`` from the record.
     """
     import os
 
-    import torch
     from mlflow import MlflowClient
 
-    from .export import MODEL_STEM, load_compact
+    from .export import MODEL_STEM, input_shape, load_compact
+    from .formats import write_network
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files
 
@@ -202,6 +202,7 @@ def export_network(record: SweepRecord, row: dict, out: str | Path, *, device: s
                               f"{MODEL_DIR}/ (run {row['run_id']})")
         config = _trial_config(record, row, folder)
         net = load_compact(folder / MODEL_STEM)  # state dict loaded with weights_only=True
+        in_shape = input_shape(folder / MODEL_STEM)
         measured = validation_accuracy(net, config, device)
     gap = abs(measured - recorded) * 100.0
     checked = {"trial": row["trial"], "ray_trial": row["ray_trial"], "run_id": row["run_id"],
@@ -210,9 +211,5 @@ def export_network(record: SweepRecord, row: dict, out: str | Path, *, device: s
         raise ExportError(
             f"trial {row['trial']}: re-evaluated val_accuracy {measured:.4f} differs from the "
             f"recorded {recorded:.4f} by {gap:.2f} points (> {tolerance_points:g}); not written")
-    out = Path(out).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; still the portable form
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(net.cpu().eval()).save(str(out))
+    out = write_network(net, in_shape, Path(out).expanduser().resolve(), fmt)
     return {**checked, "path": str(out)}

@@ -33,8 +33,9 @@ from ray_record import ray_reports
 
 from layertune.cli import main
 from layertune.config import ConfigError
+from layertune.data import load_data
 from layertune.front import knee
-from layertune.selection import load_sweep, validation_accuracy
+from layertune.selection import load_sweep
 from layertune.sweep import plan_sweep, run_sweep, summary
 from layertune.tracking import SweepRecorder, gate_key, resolve_uri
 
@@ -191,9 +192,48 @@ def test_trial_artifacts(sweep, tmp_path):
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[2] in (3, 4)
         if finished:
             files = {p.name for p in (got / "model").iterdir()}
-            assert files == {"model.pt", "model.state.pt", "model.json", "trial_config.json"}
+            assert files == {"model.state.pt", "model.json", "trial_config.json"}
             config = json.loads((got / "model" / "trial_config.json").read_text())
             assert config["method"]["gates"] == run.data.params["method.gates"]
+            check_logged_model(client, run, got / "model" / "model", tmp_path / f"{tid}-model")
+        else:
+            assert "compact_model" not in run.data.tags
+
+
+def check_logged_model(client, run, stem: Path, dest: Path) -> None:
+    """The trial's compact network is the run's MLflow model (``mlflow.pytorch``, pt2 inside):
+    a READY LoggedModel with the run as its source and output, a tensor signature with a dynamic
+    batch, an input example, and the outputs of the network rebuilt from the state dict."""
+    import mlflow.pyfunc
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    from layertune.export import load_compact
+
+    run_id = run.info.run_id
+    models = [m for m in client.search_logged_models([run.info.experiment_id])
+              if m.source_run_id == run_id]
+    assert len(models) == 1
+    model = models[0]
+    assert model.status.to_proto() == model.status.READY.to_proto()
+    assert run.data.tags["compact_model"] == f"models:/{model.model_id}"
+    outputs = client.get_run(run_id).outputs.model_outputs
+    assert [(o.model_id, o.step) for o in outputs] == [(model.model_id, EPOCHS)]
+    local = Path(download_artifacts(artifact_uri=model.artifact_location, dst_path=str(dest)))
+    meta = Model.load(str(local))
+    assert meta.model_id == model.model_id and meta.run_id == run_id
+    assert meta.signature.inputs.inputs[0].shape == (-1, 1, 8, 8)
+    assert meta.signature.outputs.inputs[0].shape == (-1, 10)
+    assert meta.saved_input_example_info is not None
+    assert (local / "data" / "model.pt2").is_file() and "pytorch" in meta.flavors
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        want = load_compact(stem)(x)
+        assert torch.allclose(mlflow.pytorch.load_model(str(local))(x), want, atol=1e-5)
+    pyfunc = mlflow.pyfunc.load_model(str(local))  # what `mlflow models predict/serve` load
+    assert np.allclose(pyfunc.predict(x.numpy()), want.numpy(), atol=1e-5)
 
 
 def test_parent_run_has_config_versions_and_the_front(sweep, tmp_path):
@@ -285,16 +325,22 @@ def test_front_command_formats(sweep, capsys):
     (["front", "tr", "--storage", "{run}", "--format", "xml"], ["--format", "table"]),
     (["front", "tr", "--tracking-uri", "ftp://x"], ["--tracking-uri ftp://x", "allowed"]),
     (["front", "tr", "--tracking-uri", "sqlite:///{run}/none.db"], ["no MLflow database"]),
-    (["export", "tr", "--storage", "{run}", "--trial", "99", "-o", "m.pt"], ["--trial 99"]),
-    (["export", "tr", "--storage", "{run}", "--trial", "0", "-o", "m.pt"],
+    (["export", "tr", "--storage", "{run}", "--trial", "99", "-o", "m.pt2"], ["--trial 99"]),
+    (["export", "tr", "--storage", "{run}", "--trial", "0", "-o", "m.pt2"],
      ["--trial 0", "stopped (degenerate)"]),
-    (["export", "tr", "--storage", "{run}", "--min-accuracy", "1.5", "-o", "m.pt"],
+    (["export", "tr", "--storage", "{run}", "--min-accuracy", "1.5", "-o", "m.pt2"],
      ["--min-accuracy 1.5", "[0, 1]"]),
-    (["export", "tr", "--storage", "{run}", "--min-accuracy", "0.999", "-o", "m.pt"],
+    (["export", "tr", "--storage", "{run}", "--min-accuracy", "0.999", "-o", "m.pt2"],
      ["no trial on the front reaches it"]),
-    (["export", "tr", "--storage", "{run}", "-o", "m.pt"], ["--trial --knee --min-accuracy"]),
-    (["export", "tr", "--storage", "{run}", "--knee", "-o", "m.pt", "--device", "tpu"],
+    (["export", "tr", "--storage", "{run}", "-o", "m.pt2"], ["--trial --knee --min-accuracy"]),
+    (["export", "tr", "--storage", "{run}", "--knee", "-o", "m.pt2", "--device", "tpu"],
      ["--device tpu"]),
+    (["export", "tr", "--storage", "{run}", "--knee", "-o", "m.pt2", "--format", "tflite"],
+     ["--format tflite", "export, onnx, torchscript"]),
+    (["export", "tr", "--storage", "{run}", "--knee", "-o", "m.pt"],
+     ["-o m.pt", "writes a .pt2 file", "m.pt2", "--format torchscript"]),
+    (["export", "tr", "--storage", "{run}", "--knee", "-o", "m.pt2", "--format", "onnx"],
+     ["-o m.pt2", "m.onnx"]),
     (["ui", "--port", "0", "--storage", "{run}"], ["--port 0"]),
     (["ui", "nope", "--storage", "{root}"], ["sweep nope", "sweeps in"]),
 ])
@@ -310,7 +356,7 @@ def test_bad_input_is_one_line_and_exit_2(sweep, capsys, monkeypatch, tmp_path, 
     err = one_error_line(capsys)
     for w in words:
         assert w in err, err
-    assert not (tmp_path / "m.pt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("m.")]
     assert not (tmp_path / "layertune-runs").exists()  # reading never creates a database
 
 
@@ -318,12 +364,37 @@ def test_export_knee_matches_the_record(sweep, capsys, tmp_path):
     plan, _, _ = sweep
     record = load_sweep("tr", plan.tracking_uri)
     row = record.front[knee(record.front, OBJ)]
-    out = tmp_path / "knee.pt"
+    out = tmp_path / "knee.pt2"
     assert main(["export", "tr", "--storage", str(plan.folder), "--knee", "-o", str(out)]) == 0
     assert f"trial {row['trial']} (Ray {row['ray_trial']}" in capsys.readouterr().out
-    net = torch.jit.load(str(out))  # what was written, checked again here
+    net = torch.export.load(str(out)).module()  # what was written (the default), checked again
     config = plan.trial.with_overrides({k: row[k] for k in record.parameters}, source="test")
-    assert abs(validation_accuracy(net, config) - row["val_accuracy"]) * 100 <= 0.1
+    data = load_data(config.data, config.seed, torch.device("cpu"))  # no .eval() on a program
+    with torch.no_grad():
+        correct = sum(int((net(x).argmax(1) == y).sum()) for x, y in data.val)
+    accuracy = correct / sum(len(y) for _, y in data.val)
+    assert abs(accuracy - row["val_accuracy"]) * 100 <= 0.1
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_writes_the_format_asked_for(sweep, capsys, tmp_path, fmt):
+    from layertune.formats import FORMATS, load_network
+
+    plan, _, _ = sweep
+    out = tmp_path / f"knee{FORMATS[fmt]}"
+    assert main(["export", "tr", "--storage", str(plan.folder), "--knee", "-o", str(out),
+                 "--format", fmt]) == 0
+    assert f"wrote {out} ({fmt})" in capsys.readouterr().out
+    x = torch.randn(9, 1, 8, 8)
+    reference = torch.export.load(str(_export_default(plan, tmp_path))).module()
+    with torch.no_grad():
+        assert torch.allclose(load_network(out)(x), reference(x), atol=1e-5)
+
+
+def _export_default(plan, tmp_path: Path) -> Path:
+    out = tmp_path / "default.pt2"
+    assert main(["export", "tr", "--storage", str(plan.folder), "--knee", "-o", str(out)]) == 0
+    return out
 
 
 def test_export_fails_when_the_record_disagrees(sweep, capsys, tmp_path):
@@ -334,7 +405,7 @@ def test_export_fails_when_the_record_disagrees(sweep, capsys, tmp_path):
     row = next(r for r in load_sweep("tr", uri).front)
     MlflowClient(tracking_uri=uri).log_metric(row["run_id"], "val_accuracy",
                                               row["val_accuracy"] - 0.05, step=1000)
-    out = tmp_path / "bad.pt"
+    out = tmp_path / "bad.pt2"
     argv = ["export", "tr", "--tracking-uri", uri, "--trial", str(row["trial"]), "-o", str(out)]
     assert main(argv) == 1
     err = one_error_line(capsys)

@@ -41,10 +41,12 @@ def test_cli_train_writes_result_and_compact_model(digits_run: Path) -> None:
     final = result["final"]
     assert final["active_layers"] + len(result["pruned_at"]) <= final["total_layers"]
 
-    scripted = torch.jit.load(str(digits_run / "model.pt"))
+    exported = torch.export.load(str(digits_run / "model.pt2")).module()  # the default format
     rebuilt = load_compact(digits_run / "model")
     x = torch.randn(7, 1, 8, 8)
-    assert torch.allclose(scripted(x), rebuilt(x), atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(exported(x), rebuilt(x), atol=1e-6)
+    assert not (digits_run / "model.pt").exists()  # TorchScript only on request
     arch = json.loads((digits_run / "model.json").read_text())
     assert sum(arch["keep"]) == final["active_layers"]
 
@@ -129,6 +131,7 @@ def test_checkpoint_resume_continues_the_same_trial(tmp_path: Path) -> None:
         (["--set", "model.name=resnet7"], "model.name"),
         (["--set", "epochs=many"], "epochs"),
         (["--set", "noequals"], "--set"),
+        (["--format", "tflite"], "--format tflite"),
         (["--set", "device=cuda:0"] if not torch.cuda.is_available() else ["--set", "seed=x"],
          "device" if not torch.cuda.is_available() else "seed"),
     ],
@@ -139,6 +142,21 @@ def test_bad_config_is_one_line_and_exit_2(args, message, capsys, tmp_path: Path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (out / "result.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_cli_train_writes_the_format_asked_for(fmt: str, tmp_path: Path, capsys) -> None:
+    from layertune.formats import FORMATS, load_network
+
+    assert main(["train", DIGITS, "--out", str(tmp_path), "--set", "epochs=1",
+                 "--format", fmt]) == 0
+    path = tmp_path / f"model{FORMATS[fmt]}"
+    assert f"{path} ({fmt})" in capsys.readouterr().out
+    assert not (tmp_path / "model.pt2").exists()
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(load_network(path)(x), load_compact(tmp_path / "model")(x),
+                              atol=1e-5)
 
 
 def test_bad_yaml_files(tmp_path: Path, capsys) -> None:

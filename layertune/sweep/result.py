@@ -107,7 +107,7 @@ def summary(result: SweepResult) -> str:
         where = "" if result.tracking_uri == default_uri(sweep_folder(result.name)) else \
             f" --tracking-uri {result.tracking_uri}"
         lines += [f"                layertune front {result.name}{where}",
-                  f"                layertune export {result.name}{where} --knee -o model.pt"]
+                  f"                layertune export {result.name}{where} --knee -o model.pt2"]
         if result.tracking_uri == default_uri(result.folder):
             lines += [f"                layertune ui {result.name} --storage {result.folder}"]
     errors = [r for r in ended if r["status"] == ERRORED]

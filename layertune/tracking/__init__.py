@@ -17,8 +17,10 @@ own). The default tracking URI is ``sqlite:///SWEEP_FOLDER/mlflow.db``. In it:
   numbers and each gate as ``theta/NN``); tags ``ray_trial_id``, ``optuna_trial`` and
   ``status``: ``finished``, ``stopped`` (with ``stopped_by``, ``stop_reason``) or ``failed``
   (with ``error``); at the end ``result.json``, ``gates.png`` and, for finished trials, the
-  compact network under ``model/`` (the trial writes it into its last checkpoint, see
-  ``export.save_bundle``; the driver copies it from ``trial.checkpoint``).
+  compact network: state dict, architecture and trial config under ``model/``, and the network
+  as an MLflow model (``mlflow.pytorch``, pt2, signature and input example; tag
+  ``compact_model`` holds its ``models:/`` URI). The trial writes both into its last checkpoint
+  (``export.save_bundle``); the driver copies them from ``trial.checkpoint``.
 
 The record is its own state. A resumed sweep (same name again, or ``Tuner.restore``) finds the
 parent and the trial runs by their tags, reopens them and skips reports already logged, so no

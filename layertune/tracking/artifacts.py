@@ -1,6 +1,8 @@
 """The files a run carries: a trial's gate plot and compact network, the sweep's front.
 
-A trial run gets ``gates.png`` and, when it finished, the export bundle under ``MODEL_DIR``;
+A trial run gets ``gates.png`` and, when it finished, the export bundle under ``MODEL_DIR`` and
+the compact network as an MLflow model (``mlflow.pytorch``, a LoggedModel with the run as its
+source, signature and input example);
 the sweep run gets ``front.csv``, ``trials.csv``, ``front.png`` and ``front.html`` (written
 here into a folder the caller logs) and the rows of ``trials.csv`` as an MLflow table.
 """
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import GROUPS, STATUS, STOPPED_BY, THETA
-from ..export import BUNDLE_FILES
+from ..export import BUNDLE_FILES, MLFLOW_MODEL
 from ..front import plot_front_html, plot_front_png, write_csv
 from .rows import front_columns, gate_key, group_trials
 
 MODEL_DIR = "model"  # artifact folder of a finished trial's export bundle
+MODEL_NAME = "compact"  # the LoggedModel's name; its run says which trial
 
 
 def plot_gates(history: Sequence[dict], path: str, title: str) -> None:
@@ -56,18 +59,47 @@ def copy_model(checkpoint: Any, dest: Path) -> bool:
     """The export bundle from a trial's last checkpoint (persisted storage) into ``dest``.
 
     The trial writes the bundle into its checkpoint (``export.save_bundle``); False when there
-    is no checkpoint or it lacks a bundle file, and then nothing is copied.
+    is no checkpoint or it lacks a bundle file, and then nothing is copied. The MLflow Model
+    folder lands in ``dest / MLFLOW_MODEL`` for ``log_model``.
     """
     if checkpoint is None:
         return False
     with checkpoint.as_directory() as folder:
         files = [Path(folder, f) for f in BUNDLE_FILES]
-        if not all(f.is_file() for f in files):
+        model = Path(folder, MLFLOW_MODEL)
+        if not all(f.is_file() for f in files) or not (model / "MLmodel").is_file():
             return False
         dest.mkdir(parents=True, exist_ok=True)
         for f in files:
             shutil.copy2(f, dest / f.name)
+        shutil.copytree(model, dest / MLFLOW_MODEL)
     return True
+
+
+def log_model(client: Any, experiment_id: str, run_id: str, folder: Path, step: int) -> str:
+    """The MLflow Model ``folder`` logged as the run's model; returns its URI ``models:/ID``.
+
+    What ``mlflow.pytorch.log_model`` does, through ``client``: that function writes to the
+    process-wide tracking URI and would trace the network again in the driver, while the
+    worker already wrote the folder (``formats.save_mlflow_model``).
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    model = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                       model_type="compact network")
+    try:
+        mlmodel = Model.load(str(folder))  # the ids Model.log would have written into MLmodel
+        mlmodel.model_id = mlmodel.model_uuid = model.model_id
+        mlmodel.run_id, mlmodel.artifact_path = run_id, model.artifact_location
+        mlmodel.save(str(folder / "MLmodel"))
+        client.log_model_artifacts(model.model_id, str(folder))
+    except Exception:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    return f"models:/{model.model_id}"
 
 
 def write_front(rows: Sequence[dict], objectives: Sequence[tuple[str, str]],

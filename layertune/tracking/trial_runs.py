@@ -3,14 +3,16 @@
 A trial run (tags ``mlflow.parentRunId``, ``ray_trial_id``, ``optuna_trial``) holds the
 searched values as params and each report at step = epoch. Its ``status`` tag ends as
 ``finished``, ``stopped`` (with ``stopped_by``, ``stop_reason``) or ``failed`` (with
-``error``), and it gets ``result.json``, ``gates.png`` and, when finished, the compact network
-under ``model/``. A run closed before its trial ended (the sweep stopped first) is reopened
-should the trial run again.
+``error``), and it gets ``result.json``, ``gates.png`` and, when finished, the compact network:
+its weights, architecture and trial config under ``model/`` and the network itself as an MLflow
+model (tag ``compact_model``: its ``models:/`` URI). A run closed before its trial ended (the
+sweep stopped first) is reopened should the trial run again.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +35,8 @@ from ..contract import (
     THETA,
     UNFINISHED,
 )
-from .artifacts import MODEL_DIR, copy_model, plot_gates
+from ..export import MLFLOW_MODEL
+from .artifacts import MODEL_DIR, copy_model, log_model, plot_gates
 from .rows import (
     ERROR_TAG,
     KIND,
@@ -168,8 +171,7 @@ class TrialRuns:
         with tempfile.TemporaryDirectory(prefix="layertune-mlflow-") as tmp:
             folder = Path(tmp)
             if status == FINISHED:
-                tags["compact_model"] = f"{MODEL_DIR}/model.pt" if \
-                    copy_model(trial.checkpoint, folder / MODEL_DIR) else "missing"
+                tags["compact_model"] = self._log_model(trial, run_id, folder / MODEL_DIR, last)
             if text is not None:
                 (folder / "error.txt").write_text(text)
             (folder / "result.json").write_text(json.dumps({
@@ -187,6 +189,17 @@ class TrialRuns:
         c.set_terminated(run_id, _RUN_STATUS[status])
         self.open.discard(tid)
         self.rows[tid] = trial_row(c.get_run(run_id))
+
+    def _log_model(self, trial: Any, run_id: str, dest: Path, last: dict) -> str:
+        """The export bundle copied into ``dest`` (logged with the run's other files) and the
+        network logged as the run's MLflow model; its URI, or ``missing``."""
+        if not copy_model(trial.checkpoint, dest):
+            return "missing"
+        step = int(last.get("epoch") or 0)
+        uri = log_model(self.sweep.client, self.sweep.experiment_id, run_id, dest / MLFLOW_MODEL,
+                        step)
+        shutil.rmtree(dest / MLFLOW_MODEL)  # logged as the model, not again as run files
+        return uri
 
     def _history(self, tid: str) -> list[dict]:
         """The trial's reports: from memory, or from MLflow after a restore."""
