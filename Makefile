@@ -17,7 +17,7 @@ demo: $(BIN)/layertune
 	$(BIN)/layertune sweep trials/mnist1d_cnn.yaml --space search_spaces/cnn1d.yaml --samples 16
 
 test: $(BIN)/layertune
-	$(BIN)/ruff check layertune tests benchmarks
+	$(BIN)/ruff check layertune tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/layertune

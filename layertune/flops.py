@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .sections import GatedNetwork, GatedSection
@@ -35,8 +36,14 @@ def _count(fn, *args) -> tuple[float, torch.Tensor]:
 
 
 @torch.no_grad()
-def flop_table(model: GatedNetwork, in_shape: tuple[int, ...]) -> FlopTable:
-    """Measure every part on one sample in eval mode; pruned sections have a body of 0."""
+def flop_table(model: GatedNetwork | nn.Module, in_shape: tuple[int, ...]) -> FlopTable:
+    """Measure every part on one sample in eval mode; pruned sections have a body of 0.
+
+    A network with ``sections`` but no flat ``layers`` (``gating.GatedModel``) is measured
+    whole, with each section's body counted on the input that reached it.
+    """
+    if not hasattr(model, "layers"):
+        return _nested_table(model, in_shape)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -54,3 +61,27 @@ def flop_table(model: GatedNetwork, in_shape: tuple[int, ...]) -> FlopTable:
             fixed += f
     model.train(was_training)
     return FlopTable(fixed, tuple(body))
+
+
+@torch.no_grad()
+def _nested_table(model: nn.Module, in_shape: tuple[int, ...]) -> FlopTable:
+    """Whole forward with every remaining section on; ``fixed`` is that minus the bodies."""
+    sections: list[GatedSection] = model.sections
+    was_training = model.training
+    saved = [s.z for s in sections]
+    model.eval()
+    model.set_gates([1.0] * len(sections))
+    seen: dict[int, torch.Tensor] = {}
+    handles = [s.register_forward_pre_hook(lambda m, a, i=i: seen.setdefault(i, a[0]))
+               for i, s in enumerate(sections)]
+    device = next(model.parameters()).device
+    try:
+        total, _ = _count(model, torch.zeros((1, *in_shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    body = tuple(_count(s.body, seen[i])[0] if s.body is not None and i in seen else 0.0
+                 for i, s in enumerate(sections))
+    model.set_gates(saved)
+    model.train(was_training)
+    return FlopTable(total - sum(body), body)

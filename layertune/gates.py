@@ -47,7 +47,7 @@ class GateGradient:
 class GateController:
     """Owns ``theta`` of a ``GatedNetwork`` and turns each training step into a gate step.
 
-    One step, in the order ``Trial.step`` calls it::
+    One step, in the order ``Pruner.step`` (and so ``Trial.step``) calls it::
 
         draw = gates.sample()                       # z ~ Bernoulli(theta), set on the network
         loss.backward()

@@ -43,11 +43,11 @@ def make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def schedule_factor(optimizer: torch.optim.Optimizer) -> float:
+def schedule_factor(optimizer: torch.optim.Optimizer, base_lr: float | None = None) -> float:
     """Where the learning-rate schedule stands (1 at the base rate); LambdaLR keeps the base
-    rate in ``initial_lr``."""
+    rate in ``initial_lr``, an optimiser without a schedule has none (``base_lr`` then)."""
     group = optimizer.param_groups[0]
-    return group["lr"] / group["initial_lr"]
+    return group["lr"] / group.get("initial_lr", base_lr or group["lr"])
 
 
 def effective_step(optimizer: torch.optim.Optimizer) -> float:

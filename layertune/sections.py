@@ -85,6 +85,12 @@ class GatedSection(nn.Module):
                 out.append((m.weight, scale))
                 if m.bias is not None:
                     out.append((m.bias, scale))
+            elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+                # the packed q/k/v kernel is a bare Parameter, not a Linear (its out_proj is one)
+                scale = math.sqrt(2.0 / m.embed_dim)
+                out.append((m.in_proj_weight, scale))
+                if m.in_proj_bias is not None:
+                    out.append((m.in_proj_bias, scale))
             elif isinstance(m, _NORMS) and getattr(m, "weight", None) is not None:
                 last_norm = m
         if last_norm is not None:
@@ -111,9 +117,7 @@ class GatedNetwork(nn.Module):
 
     def set_gates(self, z: Sequence[float], probe: Tensor | None = None) -> None:
         """Fix each section's gate for the next forward; ``probe[l]`` collects dL/dz_l."""
-        for i, (section, zi) in enumerate(zip(self.sections, z, strict=True)):
-            section.z = float(zi)
-            section.probe = probe[i] if probe is not None else None
+        set_gates(self.sections, z, probe)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
@@ -124,6 +128,14 @@ class GatedNetwork(nn.Module):
         for s in self.sections:
             if s.body is not None:
                 yield from s.body.parameters()
+
+
+def set_gates(sections: Sequence[GatedSection], z: Sequence[float],
+              probe: Tensor | None = None) -> None:
+    """Fix each section's gate for the next forward; ``probe[l]`` collects dL/dz_l."""
+    for i, (section, zi) in enumerate(zip(sections, z, strict=True)):
+        section.z = float(zi)
+        section.probe = probe[i] if probe is not None else None
 
 
 def fan_in(m: nn.Module) -> int:

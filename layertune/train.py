@@ -20,12 +20,11 @@ from torch import Tensor
 from .batchnorm import frozen_batchnorm_stats, recalibrate
 from .config import ConfigError, TrialConfig
 from .data import DataBundle, load_data
-from .decision import loss_budget
 from .flops import FlopTable, flop_table
 from .gates import GateController
 from .models import build_model
-from .optim import drop_parameters, effective_step, make_optimizer, make_schedule, schedule_factor
-from .prior import PriorSettings
+from .optim import make_optimizer, make_schedule
+from .pruner import Pruner
 from .sections import GatedNetwork
 from .trial_state import load_state, save_state
 
@@ -92,18 +91,14 @@ class Trial:
             self.model.to(memory_format=torch.channels_last)
         self.flops: FlopTable = flop_table(self.model, self.data.in_shape)
         m = config.method
-        self.gates = GateController(
-            self.model,
-            PriorSettings(m.prior_scale, m.spike_ratio, m.hyperprior_strength, m.prior_weight,
-                          self.data.num_train),
-            theta_lr=m.theta_lr,
-            averaging=m.theta_averaging,
-            theta_init=m.theta_init if self.mode == "learned" else 1.0,
-            estimator=m.estimator,
-            patience=m.prune_patience,
-            generator=torch.Generator().manual_seed(config.seed + 1),
-        )
         self.optimizer = make_optimizer(self.model, config)
+        # the user's API (``layertune.Pruner``) holds the gates; fixed / removed gates stay at 1
+        self.pruner = Pruner(
+            self.model, self.optimizer, self.data.num_train, m,
+            generator=torch.Generator().manual_seed(config.seed + 1),
+            theta_init=m.theta_init if self.mode == "learned" else 1.0,
+        )
+        self.gates: GateController = self.pruner.gates
         steps_per_epoch = len(self.data.train)
         self.scheduler = make_schedule(self.optimizer, config, steps_per_epoch)
         self.epoch = 0
@@ -119,32 +114,21 @@ class Trial:
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """One minibatch: draw gates, weights step, gate step, pruning. Returns the loss."""
-        if self.mode != "learned" or self.gates.fixed:
+        if self.mode != "learned":
             return self._plain_step(x, y)
-        gates = self.gates
-        draw = gates.sample()
+        z = self.pruner.draw()  # every remaining section on once the gates are fixed
         loss = self._backward(x, y)
-        data_grad = gates.data_gradient(draw, loss, x, y)
-        self.optimizer.step()
-        grad = gates.gradient(data_grad)
-        gates.shrink_weights(grad, effective_step(self.optimizer))
-        gates.step(grad, schedule_factor(self.optimizer))
-        removed = gates.prune(grad)
-        if removed:
-            drop_parameters(self.optimizer, removed)
-            for i in gates.pruned_at_step:
+        if self.pruner.step(loss, x, y):  # optimizer.step, prior, gate step, pruning
+            for i in self.gates.pruned_at_step:
                 self.pruned_at.setdefault(i, self.epoch)
-        return self._end_step(draw.z, loss, len(y))
+        return self._end_step(z, loss, len(y))
 
     def _plain_step(self, x: Tensor, y: Tensor) -> Tensor:
-        """Every remaining section on: ``gates: fixed`` or ``removed``, or learned gates after
-        the early decision (there the prior's slab still acts on the kept weights)."""
+        """Every section on (``gates: fixed``) or none (``removed``): no gates, no prior."""
         z = [0.0 if s.pruned else 1.0 for s in self.model.sections]
         self.model.set_gates(z)
         loss = self._backward(x, y)
         self.optimizer.step()
-        if self.mode == "learned":
-            self.gates.shrink_weights(None, effective_step(self.optimizer))
         return self._end_step(z, loss, len(y))
 
     def _backward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -187,10 +171,7 @@ class Trial:
         fix the gates, remove the rest from the network and the optimiser."""
         m = self.config.method
         batches = self._train_batches(m.decide_batches)
-        keep = loss_budget(lambda z: self._batch_loss(batches, z), self.gates.deterministic(),
-                           m.decide_tolerance)
-        removed = self.gates.fix(keep)
-        drop_parameters(self.optimizer, removed)
+        self.pruner.decide_by(lambda z: self._batch_loss(batches, z), m.decide_tolerance)
         for i in self.gates.pruned_at_step:
             self.pruned_at.setdefault(i, self.epoch)
 
@@ -238,11 +219,11 @@ class Trial:
 
     def decide_gates(self) -> None:
         """End of training: gates still inside (0, 1) go to the vertex where J is lower."""
-        self.decided = self.gates.decide(lambda z: self.evaluate(self.data.train, z)[0])
+        self.decided = self.pruner.decide_open_gates(
+            lambda z: self.evaluate(self.data.train, z)[0])
 
     def keep(self) -> list[bool]:
-        return [g == 1.0 and not s.pruned
-                for g, s in zip(self.gates.deterministic(), self.model.sections, strict=True)]
+        return self.pruner.keep()
 
     def metrics(self, seconds: float) -> dict:
         """One report of the trial contract (``layertune.contract``)."""

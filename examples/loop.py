@@ -1,0 +1,91 @@
+"""A training loop you keep, with layertune's gates in it (README, "Your own model").
+
+``train(net, data, ...)`` is an ordinary PyTorch loop; the lines marked ``# layertune`` are all
+the method adds: gate the residual blocks, draw the gates each minibatch, let ``pruner.step``
+take the optimiser's step with the gate step, the prior and the pruning rule, decide the
+structure once after ``decide_at`` epochs. ``gates="fixed"`` trains the same network without
+gates (every block kept): the baseline. ``resnet18_mnist.py`` and ``vit_mnist.py`` call it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import layertune
+from layertune.batchnorm import recalibrate
+from layertune.data import DataBundle
+
+
+def train(
+    net: nn.Module,
+    data: DataBundle,
+    *,
+    epochs: int,
+    optimizer: str = "sgd",
+    lr: float = 0.05,
+    gates: str = "learned",
+    decide_at: int = 2,
+    tolerance: float = 0.7,
+    steps: int | None = None,
+) -> dict:
+    """Train ``net`` on ``data``; returns the last epoch's validation accuracy and the blocks
+    kept. ``steps`` caps the minibatches per epoch (tests)."""
+    batches = [b for _, b in zip(range(10), data.train, strict=False)]
+    pruner = None
+    if gates == "learned":
+        net = layertune.gate(net, example=batches[0][0])  # layertune
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
+    per_epoch = min(len(data.train), steps or len(data.train))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
+    if gates == "learned":
+        pruner = layertune.Pruner(net, opt, num_train=data.num_train)  # layertune
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        net.train()
+        for _, (x, y) in zip(range(per_epoch), data.train, strict=False):
+            if pruner:
+                pruner.draw()  # layertune: z ~ Bernoulli(theta) on the blocks
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            if pruner:
+                pruner.step(loss, x, y)  # layertune: opt.step() + gates, prior, pruning
+            else:
+                opt.step()
+            schedule.step()
+        if pruner and epoch == decide_at:
+            pruner.decide(batches, tolerance)  # layertune: the structure, once
+        if pruner:
+            pruner.set_deterministic()  # layertune: z = round(theta) for evaluation
+        recalibrate(net, batches)  # BatchNorm statistics of the network evaluated
+        acc = accuracy(net, data.val)
+        kept = pruner.keep() if pruner else []
+        print(f"epoch {epoch}: loss {loss.item():.3f}  val acc {acc:.4f}  "
+              f"blocks kept {sum(kept) if pruner else 'all'}/{len(kept) if pruner else 'all'}  "
+              f"{time.perf_counter() - start:.0f}s", flush=True)
+    result = {"val_accuracy": acc, "seconds": time.perf_counter() - start}
+    if pruner:
+        kept = pruner.keep()
+        compact = layertune.strip(net, kept)  # layertune: the user's network, blocks deleted
+        result.update(kept=sum(kept), gated=len(kept),
+                      removed=[p for p, k in zip(net.paths, kept, strict=True) if not k],
+                      compact_accuracy=accuracy(compact, data.val), network=compact)
+    return result
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> float:
+    net.eval()
+    right = total = 0
+    for x, y in loader:
+        right += int((net(x).argmax(1) == y).sum())
+        total += len(y)
+    return right / total

@@ -1,0 +1,177 @@
+"""The method inside a training loop the user keeps (``Trial.step`` is built on the same calls).
+
+    pruner = Pruner(net, optimizer, num_train=len(train_set))
+    for x, y in loader:
+        pruner.draw()                     # z ~ Bernoulli(theta) set on the network
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        pruner.step(loss, x, y)           # optimizer.step() + gate step, prior, pruning
+    pruner.decide(batches)                # optional, once: the early structure decision
+
+``step`` is ``after_backward`` (the gates' data gradient, read before the weights move),
+``optimizer.step()`` and ``update`` (the prior's step on the weights, projected SGD on theta,
+the pruning rule; removed sections' parameters leave the optimiser); a loop that steps the
+optimiser itself (gradient scaling, clipping after backward) calls the three in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .batchnorm import frozen_batchnorm_stats
+from .config import MethodConfig
+from .decision import loss_budget
+from .gates import GateController, GateDraw
+from .optim import drop_parameters, effective_step, schedule_factor
+from .prior import PriorSettings
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Pruner:
+    """Learned gates, their prior and the pruning rule for ``model`` trained by ``optimizer``.
+
+    ``model`` is a ``GatedNetwork`` or a ``gating.GatedModel``; ``num_train`` is ``N`` of the
+    objective (training samples). The method's knobs are ``MethodConfig``'s
+    (``method=`` or keywords, e.g. ``prior_weight=0.5``); the trial-level ones (``decide_at``,
+    ``recalibrate_bn``, ``gates``) are the loop's business. The gate step follows the
+    optimiser's learning-rate schedule (``lr / initial_lr``, or the ``lr`` at construction).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        num_train: int,
+        method: MethodConfig | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        **knobs: object,
+    ) -> None:
+        m = MethodConfig.model_validate({**(method or MethodConfig()).model_dump(), **knobs})
+        self.method = m
+        self.model = model
+        self.optimizer = optimizer
+        self.gates = GateController(
+            model,
+            PriorSettings(m.prior_scale, m.spike_ratio, m.hyperprior_strength, m.prior_weight,
+                          num_train),
+            theta_lr=m.theta_lr,
+            averaging=m.theta_averaging,
+            theta_init=m.theta_init,
+            estimator=m.estimator,
+            patience=m.prune_patience,
+            generator=generator or torch.Generator().manual_seed(0),
+        )
+        self._base_lr = optimizer.param_groups[0]["lr"]
+        self._draw: GateDraw | None = None
+        self._data_grad: Tensor | None = None
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def draw(self) -> list[float]:
+        """Set this minibatch's gates on the network; once the gates are fixed, every
+        remaining section on. Returns ``z``."""
+        if self.gates.fixed:
+            self._draw = None
+            z = [0.0 if s.pruned else 1.0 for s in self.gates.sections]
+            self.model.set_gates(z)
+            return z
+        self._draw = self.gates.sample()
+        return self._draw.z
+
+    def after_backward(self, loss: Tensor, x: Tensor | None = None,
+                       y: Tensor | None = None) -> None:
+        """Read the gates' data gradient (before the weights move). ``x, y`` only for the
+        ``exact`` estimator, which re-runs the network with cross-entropy."""
+        if self.gates.fixed:
+            return
+        if self._draw is None:
+            raise RuntimeError("Pruner.after_backward without a draw: call pruner.draw() "
+                               "before the forward pass")
+        self._data_grad = self.gates.data_gradient(self._draw, loss, x, y)
+
+    def update(self) -> list[nn.Parameter]:
+        """After ``optimizer.step()``: the prior's step on the weights, the gate step and the
+        pruning rule. Returns the parameters removed (already out of the optimiser)."""
+        gates, opt = self.gates, self.optimizer
+        if gates.fixed:  # only the prior's slab acts on the kept weights
+            gates.shrink_weights(None, effective_step(opt))
+            return []
+        if self._data_grad is None:
+            raise RuntimeError("Pruner.update before after_backward: call pruner.step(loss) "
+                               "or after_backward(loss) before the optimiser's step")
+        grad = gates.gradient(self._data_grad)
+        self._draw = self._data_grad = None
+        gates.shrink_weights(grad, effective_step(opt))
+        gates.step(grad, self.schedule_factor())
+        removed = gates.prune(grad)
+        if removed:
+            drop_parameters(opt, removed)
+        return removed
+
+    def step(self, loss: Tensor, x: Tensor | None = None,
+             y: Tensor | None = None) -> list[nn.Parameter]:
+        """``after_backward``, ``optimizer.step()``, ``update``: call it instead of the
+        optimiser's step. Returns the parameters removed."""
+        self.after_backward(loss, x, y)
+        self.optimizer.step()
+        return self.update()
+
+    def schedule_factor(self) -> float:
+        """Where the learning-rate schedule stands (1 at the base rate)."""
+        return schedule_factor(self.optimizer, self._base_lr)
+
+    # --- the structure ------------------------------------------------------------------------
+
+    def decide(self, batches: Sequence[tuple[Tensor, Tensor]], tolerance: float | None = None,
+               loss_fn: LossFn = F.cross_entropy) -> list[float]:
+        """The early structure decision (docs/algorithm.md, departure 7) on ``batches`` of
+        training data, with BatchNorm batch statistics: remove the sections the loss budget
+        ``tolerance`` (default ``method.decide_tolerance``) allows, fix the gates for good.
+        Returns the gates (0 or 1)."""
+        tol = self.method.decide_tolerance if tolerance is None else tolerance
+        return self.decide_by(lambda z: self.batch_loss(batches, z, loss_fn), tol)
+
+    def decide_by(self, loss_of: Callable[[list[float]], float], tolerance: float) -> list[float]:
+        """``decide`` with the loss of the network with gates ``z`` given by ``loss_of(z)``."""
+        keep = loss_budget(loss_of, self.gates.deterministic(), tolerance)
+        drop_parameters(self.optimizer, self.gates.fix(keep))
+        return keep
+
+    @torch.no_grad()
+    def batch_loss(self, batches: Sequence[tuple[Tensor, Tensor]], z: list[float],
+                   loss_fn: LossFn = F.cross_entropy) -> float:
+        """Mean loss over ``batches`` with gates ``z``, batch statistics, running ones kept."""
+        was_training = self.model.training
+        self.model.train()
+        self.model.set_gates(z)
+        with frozen_batchnorm_stats(self.model):
+            total = sum(float(loss_fn(self.model(x).float(), y)) * len(y) for x, y in batches)
+        self.model.train(was_training)
+        return total / sum(len(y) for _, y in batches)
+
+    def decide_open_gates(self, loss_of: Callable[[list[float]], float]) -> dict[int, float]:
+        """End of training: gates still inside (0, 1) go to the vertex where J is lower
+        (departure 5); ``loss_of(z)`` the deterministic network's loss. Returns their values."""
+        return self.gates.decide(loss_of)
+
+    def set_deterministic(self) -> list[float]:
+        """Gates ``round(theta)`` on the network, for evaluation. Returns them."""
+        z = self.gates.deterministic()
+        self.model.set_gates(z)
+        return z
+
+    def keep(self) -> list[bool]:
+        """Which sections the network keeps now (``round(theta)`` = 1 and not removed)."""
+        return [g == 1.0 and not s.pruned
+                for g, s in zip(self.gates.deterministic(), self.gates.sections, strict=True)]
+
+    @property
+    def theta(self) -> list[float]:
+        return self.gates.theta.tolist()
