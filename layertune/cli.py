@@ -161,6 +161,7 @@ def ui_command(args: argparse.Namespace) -> int:
     import time
 
     from .tracking import find_sweeps, is_server, resolve_uri, server_command
+    from .tracking.ui import recorded_experiments, runs_page
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: a TCP port, 1 to 65535")
@@ -191,8 +192,13 @@ def ui_command(args: argparse.Namespace) -> int:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 raise ConfigError(f"--port {port}: in use on 127.0.0.1 (choose another --port)")
         servers.append((name, port, server_command(uri, port)))
-    for name, port, cmd in servers:
-        print(f"sweep {name}: http://127.0.0.1:{port}\n  {shlex.join(cmd)}")
+    for (name, port, cmd), uri in zip(servers, targets.values(), strict=True):
+        server = f"http://127.0.0.1:{port}"
+        db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+        pages = recorded_experiments(db) if db else {}
+        print(f"sweep {name}: {server}\n  {shlex.join(cmd)}")
+        for sweep, experiment_id in pages.items():
+            print(f"  {sweep}: {runs_page(server, experiment_id)}")
     if args.dry_run:
         return 0
     print("the MLflow UI is starting; Ctrl-C stops it", flush=True)

@@ -121,6 +121,11 @@ class MethodConfig(_Strict):
         0.7, ge=0.0, le=1.0, description="loss budget: the share of the training-loss reduction "
         "that all sections together buy which the removed sections may give up",
     )
+    decide_sections: int | None = Field(
+        None, ge=0, description="early decision: keep exactly this many sections (those whose "
+        "removal alone raises the loss most) instead of the loss budget; a sweep searching it "
+        "gets a point at every depth",
+    )
     decide_batches: int = Field(
         10, ge=1, description="training minibatches the early decision measures the loss on",
     )

@@ -23,12 +23,7 @@ def loss_budget(loss_of: Callable[[list[float]], float], keep: list[float],
     gates = list(keep)
     base = loss_of(gates)
     budget = base + tolerance * max(loss_of([0.0] * len(gates)) - base, 0.0)
-    alone = {}
-    for i, g in enumerate(gates):
-        if g == 1.0:
-            without = list(gates)
-            without[i] = 0.0
-            alone[i] = loss_of(without)
+    alone = _loss_without_each(loss_of, gates)
     for rank, i in enumerate(sorted(alone, key=alone.get)):
         gates[i] = 0.0
         loss = alone[i] if rank == 0 else loss_of(gates)  # the first was measured alone
@@ -36,3 +31,27 @@ def loss_budget(loss_of: Callable[[list[float]], float], keep: list[float],
             gates[i] = 1.0
             break
     return gates
+
+
+def most_useful(loss_of: Callable[[list[float]], float], keep: list[float],
+                sections: int) -> list[float]:
+    """The ``sections`` kept sections whose removal alone would raise the loss most; the rest
+    go. A sweep that searches this count gets a point at every depth (``method.decide_sections``);
+    the ranking is the loss budget's."""
+    gates = list(keep)
+    alone = _loss_without_each(loss_of, gates)
+    for i in sorted(alone, key=alone.get)[:max(len(alone) - sections, 0)]:
+        gates[i] = 0.0
+    return gates
+
+
+def _loss_without_each(loss_of: Callable[[list[float]], float],
+                       gates: list[float]) -> dict[int, float]:
+    """Kept section -> the loss with that section alone removed."""
+    alone = {}
+    for i, g in enumerate(gates):
+        if g == 1.0:
+            without = list(gates)
+            without[i] = 0.0
+            alone[i] = loss_of(without)
+    return alone

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .batchnorm import frozen_batchnorm_stats
 from .config import MethodConfig
-from .decision import loss_budget
+from .decision import loss_budget, most_useful
 from .gates import GateController, GateDraw
 from .optim import drop_parameters, effective_step, schedule_factor
 from .prior import PriorSettings
@@ -133,14 +133,19 @@ class Pruner:
                loss_fn: LossFn = F.cross_entropy) -> list[float]:
         """The early structure decision (docs/algorithm.md, departure 7) on ``batches`` of
         training data, with BatchNorm batch statistics: remove the sections the loss budget
-        ``tolerance`` (default ``method.decide_tolerance``) allows, fix the gates for good.
-        Returns the gates (0 or 1)."""
-        tol = self.method.decide_tolerance if tolerance is None else tolerance
-        return self.decide_by(lambda z: self.batch_loss(batches, z, loss_fn), tol)
+        ``tolerance`` allows (default: ``method.decide_sections`` sections kept when set, else
+        the budget ``method.decide_tolerance``), fix the gates for good. Returns the gates."""
+        return self.decide_by(lambda z: self.batch_loss(batches, z, loss_fn), tolerance)
 
-    def decide_by(self, loss_of: Callable[[list[float]], float], tolerance: float) -> list[float]:
+    def decide_by(self, loss_of: Callable[[list[float]], float],
+                  tolerance: float | None = None) -> list[float]:
         """``decide`` with the loss of the network with gates ``z`` given by ``loss_of(z)``."""
-        keep = loss_budget(loss_of, self.gates.deterministic(), tolerance)
+        m, gates = self.method, self.gates.deterministic()
+        if tolerance is None and m.decide_sections is not None:
+            keep = most_useful(loss_of, gates, m.decide_sections)
+        else:
+            keep = loss_budget(loss_of, gates, m.decide_tolerance if tolerance is None
+                               else tolerance)
         drop_parameters(self.optimizer, self.gates.fix(keep))
         return keep
 

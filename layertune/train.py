@@ -171,7 +171,7 @@ class Trial:
         fix the gates, remove the rest from the network and the optimiser."""
         m = self.config.method
         batches = self._train_batches(m.decide_batches)
-        self.pruner.decide_by(lambda z: self._batch_loss(batches, z), m.decide_tolerance)
+        self.pruner.decide_by(lambda z: self._batch_loss(batches, z))
         for i in self.gates.pruned_at_step:
             self.pruned_at.setdefault(i, self.epoch)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from layertune.batchnorm import frozen_batchnorm_stats, recalibrate
 from layertune.config import load_trial
-from layertune.decision import loss_budget
+from layertune.decision import loss_budget, most_useful
 from layertune.gates import GateController
 from layertune.train import run_trial
 
@@ -131,3 +131,17 @@ def test_a_decision_after_training_is_one_clear_line() -> None:
     message = str(err.value)
     assert "\n" not in message and "method.decide_at (3) must be below epochs (3)" in message
     assert message.startswith("trials/digits_mlp.yaml (with --set): method.decide_at")
+
+
+def test_a_depth_target_keeps_the_sections_whose_removal_costs_most() -> None:
+    assert most_useful(_loss_of, [1.0] * 4, 2) == [1.0, 0.0, 1.0, 0.0]
+    assert most_useful(_loss_of, [1.0] * 4, 0) == [0.0] * 4
+    assert most_useful(_loss_of, [1.0] * 4, 9) == [1.0] * 4  # more than there are: all stay
+    assert most_useful(_loss_of, [1.0, 0.0, 1.0, 1.0], 1) == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_a_trial_with_a_depth_target_keeps_that_many_sections() -> None:
+    config = load_trial("trials/digits_mlp.yaml", {
+        "epochs": 2, "method.decide_at": 1, "method.decide_sections": 2})
+    history = run_trial(config, lambda m, c: None).history
+    assert [h["active_layers"] for h in history] == [2, 2]
