@@ -1,5 +1,6 @@
 """The compact network written for a runtime (torch.export, ONNX, TorchScript) runs without
-layertune and gives the compact network's outputs, for every built-in architecture.
+layertune and gives the compact network's outputs, for every built-in architecture and for a
+user's torchvision ResNet-18 gated by ``layertune.gate`` and stripped.
 
 Each architecture is built small, its normalisation statistics and affine parameters made
 non-trivial, some sections removed (projection skips among them), then written in each format.
@@ -33,6 +34,8 @@ ARCHS = {  # small inputs and widths: the whole module runs in about a minute on
     "resnet20": {"name": "resnet20", "in_shape": [3, 16, 16]},
     "resnet18": {"name": "resnet18", "in_shape": [3, 32, 32]},
 }
+USER = {"torchvision_resnet18_gated": {"in_shape": [3, 32, 32]}}  # layertune.gate + strip
+NETWORKS = {**ARCHS, **USER}
 
 # Runs in a fresh interpreter: layertune is made unimportable first, so a file that needed one
 # of its classes (a pickled module) would fail to load.
@@ -71,17 +74,35 @@ def _non_trivial(net: torch.nn.Module, seed: int) -> None:
                 m.bias.copy_(0.1 * torch.randn(n, generator=g))
 
 
+def _keep(n: int) -> list[bool]:
+    return [j == 0 or j % 2 == 1 for j in range(n)]  # removes 2, 4, ...: projections too
+
+
+def _built_in_compact(spec: dict, seed: int) -> torch.nn.Module:
+    model = build_from_spec({**spec, "num_classes": 10})
+    _non_trivial(model, seed)
+    return compact(model, _keep(len(model.sections)))
+
+
+def _user_compact(spec: dict, seed: int) -> torch.nn.Module:
+    """A user's torchvision network gated by ``layertune.gate``, its removed blocks stripped."""
+    from torchvision.models import resnet18
+
+    from layertune.gating import gate, strip
+
+    net = resnet18(num_classes=10)
+    _non_trivial(net, seed)
+    gated = gate(net.eval(), example_input(spec["in_shape"], 2), log=lambda line: None)
+    return strip(gated, _keep(len(gated.sections)))
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory) -> dict:
     """Every architecture in every format, run by the clean process; eager outputs alongside."""
     folder = tmp_path_factory.mktemp("formats")
     files, inputs, expected = {}, {}, {}
-    for i, (arch, spec) in enumerate(ARCHS.items()):
-        model = build_from_spec({**spec, "num_classes": 10})
-        _non_trivial(model, i)
-        n = len(model.sections)
-        keep = [j == 0 or j % 2 == 1 for j in range(n)]  # removes 2, 4, ...: projections too
-        net = compact(model, keep)
+    for i, (arch, spec) in enumerate(NETWORKS.items()):
+        net = _user_compact(spec, i) if arch in USER else _built_in_compact(spec, i)
         inputs[arch] = [example_input(spec["in_shape"], b) * 2 + 0.5 for b in BATCHES]
         with torch.no_grad():
             expected[arch] = [net(x) for x in inputs[arch]]
@@ -100,7 +121,7 @@ def deployed(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(NETWORKS))
 def test_written_network_runs_alone_and_matches(deployed, arch, fmt):
     path = str(deployed["folder"] / f"{arch}{FORMATS[fmt]}")
     got, want = deployed["outputs"][path], deployed["expected"][arch]
@@ -129,6 +150,6 @@ def test_bad_format_or_suffix_is_one_line(fmt, path, words):
 def test_each_network_is_one_file(deployed):
     """ONNX weights inside the .onnx (no external .onnx.data file to ship alongside)."""
     written = {p.name for p in deployed["folder"].iterdir()}
-    assert written == {f"{a}{s}" for a in ARCHS for s in FORMATS.values()} | {
+    assert written == {f"{a}{s}" for a in NETWORKS for s in FORMATS.values()} | {
         "inputs.pt", "outputs.pt", "manifest.json"}
 
