@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from statistics import mean
@@ -120,17 +121,12 @@ def main() -> None:
     if args.write:
         write_section("early_decision", (
             "## One trial, early decision (issue 11, goals 1-4 and 7)\n\n"
-            f"`.venv/bin/python benchmarks/early_decision.py {' '.join(_argv())}` on "
+            f"`.venv/bin/python benchmarks/early_decision.py {' '.join(sys.argv[1:])}` on "
             f"{platform.processor() or 'CPU'}, default torch threads "
             f"({torch.get_num_threads()}), torch {torch.__version__}. Gap = gates-fixed minus "
             "this run, in points (negative: better than the full network). Kept depth from "
             "scratch: gates fixed, `model.depth` = the sections the run kept, same epochs.\n\n"
             + table + "\n"))
-
-
-def _argv() -> list[str]:
-    import sys
-    return sys.argv[1:]
 
 
 if __name__ == "__main__":

@@ -167,8 +167,9 @@ class Trial:
         return time.perf_counter() - start, mean_loss
 
     def decide_structure(self) -> None:
-        """The early decision (``method.decide_at``): keep the sections the loss budget keeps,
-        fix the gates, remove the rest from the network and the optimiser."""
+        """The early decision (``method.decide_at``): keep the sections the loss budget (or
+        ``method.decide_sections``) keeps, fix the gates, remove the rest from the network and
+        the optimiser."""
         m = self.config.method
         batches = self._train_batches(m.decide_batches)
         self.pruner.decide_by(lambda z: self._batch_loss(batches, z))
