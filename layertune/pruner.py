@@ -41,6 +41,8 @@ class Pruner:
     (``method=`` or keywords, e.g. ``prior_weight=0.5``); the trial-level ones (``decide_at``,
     ``recalibrate_bn``, ``gates``) are the loop's business. The gate step follows the
     optimiser's learning-rate schedule (``lr / initial_lr``, or the ``lr`` at construction).
+    Under data parallelism give ``generator`` the same seed on every process and ``reduce`` the
+    mean over processes (docs/algorithm.md, "Several workers"; ``layertune.distributed``).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class Pruner:
         method: MethodConfig | None = None,
         *,
         generator: torch.Generator | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
         **knobs: object,
     ) -> None:
         m = MethodConfig.model_validate({**(method or MethodConfig()).model_dump(), **knobs})
@@ -68,6 +71,7 @@ class Pruner:
             patience=m.prune_patience,
             generator=generator or torch.Generator().manual_seed(0),
         )
+        self.reduce = reduce  # the data gradient's mean over processes: one gate step for all
         self._base_lr = optimizer.param_groups[0]["lr"]
         self._draw: GateDraw | None = None
         self._data_grad: Tensor | None = None
@@ -95,6 +99,8 @@ class Pruner:
             raise RuntimeError("Pruner.after_backward without a draw: call pruner.draw() "
                                "before the forward pass")
         self._data_grad = self.gates.data_gradient(self._draw, loss, x, y)
+        if self.reduce is not None:
+            self._data_grad = self.reduce(self._data_grad)
 
     def update(self) -> list[nn.Parameter]:
         """After ``optimizer.step()``: the prior's step on the weights, the gate step and the

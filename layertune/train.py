@@ -135,10 +135,14 @@ class Trial:
         if self.config.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast:
-            loss = F.cross_entropy(self.model(x), y)
+            loss = F.cross_entropy(self.train_module()(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return loss
+
+    def train_module(self) -> torch.nn.Module:
+        """What the training forward runs: the network (a data-parallel trial wraps it)."""
+        return self.model
 
     def _end_step(self, z: list[float], loss: Tensor, batch: int) -> Tensor:
         self.scheduler.step()
@@ -272,6 +276,7 @@ def run_trial(
     resume_from: str | None = None,
     data: DataBundle | None = None,
     last_checkpoint: Callable[[GatedNetwork, list[bool], str], None] | None = None,
+    trial: Trial | None = None,
 ) -> TrialResult:
     """Train ``config`` for its epochs, calling ``report`` after each one.
 
@@ -279,8 +284,9 @@ def run_trial(
     ``resume_from`` continues from such a folder. ``last_checkpoint(model, keep, folder)`` may
     add files to the last epoch's checkpoint folder before it is reported (the sweep puts the
     compact network there, so the driver can record it from the trial's checkpoint).
+    ``trial``: one built already (a data-parallel trial, ``layertune.distributed``).
     """
-    trial = Trial(config, data)
+    trial = trial or Trial(config, data)
     if resume_from:
         load_state(trial, resume_from)
     while trial.epoch < config.epochs:
