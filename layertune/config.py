@@ -7,11 +7,21 @@ work starts.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -90,6 +100,37 @@ ModelConfig = Annotated[
 ]
 
 
+# --- the user's own network and data (layertune/factory.py) ---------------------------------
+
+
+class FactoryConfig(_Strict):
+    """``model:`` or ``data:`` given by a function of the user's: ``factory(**kwargs)``.
+
+    A model factory returns an ``nn.Module`` (a ``GatedNetwork``, ``layertune.gate``'s result,
+    or a network that layertune gates as ``gate`` does); a data factory returns a ``DataBundle``,
+    ``(train, val, num_classes, in_shape)`` or a dict of those keys (docs/design.md).
+    """
+
+    factory: str = Field(description="pkg.module:function, importable from the current folder")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keywords of the call")
+
+    @field_validator("factory")
+    @classmethod
+    def _module_colon_function(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+            raise ValueError("expected 'pkg.module:function'")
+        return value
+
+
+_FACTORY_TAG, _BUILTIN_TAG = "factory", "builtin"
+
+
+def _kind(value: Any) -> str:
+    """The tag of a ``model:`` / ``data:`` section: one that names a factory, or built-in."""
+    named = "factory" in value if isinstance(value, dict) else isinstance(value, FactoryConfig)
+    return _FACTORY_TAG if named else _BUILTIN_TAG
+
+
 # --- method and optimiser -------------------------------------------------------------------
 
 
@@ -157,8 +198,10 @@ class OptimizerConfig(_Strict):
 
 
 class TrialConfig(_Strict):
-    data: DataConfig
-    model: ModelConfig
+    data: Annotated[Annotated[DataConfig, Tag(_BUILTIN_TAG)]
+                    | Annotated[FactoryConfig, Tag(_FACTORY_TAG)], Discriminator(_kind)]
+    model: Annotated[Annotated[ModelConfig, Tag(_BUILTIN_TAG)]
+                     | Annotated[FactoryConfig, Tag(_FACTORY_TAG)], Discriminator(_kind)]
     method: MethodConfig = MethodConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     epochs: int = Field(20, gt=0)
@@ -183,8 +226,10 @@ def _format(err: ValidationError, source: str) -> str:
     # A misspelt key also makes its intended key "missing": name the misspelling.
     e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in e["loc"]]
-    if len(loc) > 1 and loc[0] == "model" and not loc[1].startswith("name"):
-        loc.pop(1)  # the discriminator tag pydantic inserts
+    kind = loc.pop(1) if len(loc) > 1 and loc[0] in ("model", "data") else None  # its tag
+    if kind == _BUILTIN_TAG and loc[0] == "model" and len(loc) > 1 \
+            and e["type"] != "union_tag_invalid" and not loc[1].startswith("name"):
+        loc.pop(1)  # and the built-in model's name tag
     key = ".".join(loc) or "(top level)"
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
@@ -197,8 +242,10 @@ def _format(err: ValidationError, source: str) -> str:
         return f"{source}: {key}: {msg}"
     elif e["type"] == "literal_error":
         msg = msg.replace("Input tag", "value").replace("Input should be", "allowed:")
-    elif e["type"] == "value_error" and not loc:  # a check across keys names its keys itself
-        return f"{source}: {msg.removeprefix('Value error, ')}"
+    elif e["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if not loc:  # a check across keys names its keys itself
+            return f"{source}: {msg}"
     got = e.get("input")
     if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict):
         msg += f" (got {got!r})"

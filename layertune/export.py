@@ -43,8 +43,14 @@ class Skip(nn.Module):
         return self.post(self.skip(x))
 
 
-def compact(model: GatedNetwork, keep: list[bool]) -> nn.Sequential:
-    """A gate-free copy of ``model`` with the sections not in ``keep`` deleted."""
+def compact(model: nn.Module, keep: list[bool]) -> nn.Module:
+    """A gate-free copy of ``model`` with the sections not in ``keep`` deleted: for a
+    ``GatedNetwork`` an ``nn.Sequential``, for ``layertune.gate``'s result the user's own
+    network (``gating.strip``)."""
+    if not isinstance(model, GatedNetwork):
+        from .gating import strip
+
+        return strip(model, keep)
     layers: list[nn.Module] = []
     sections = iter(keep)
     for layer in copy.deepcopy(model).layers:
@@ -90,7 +96,13 @@ def load_compact(stem: str | Path) -> nn.Sequential:
     """Rebuild a compact network from its architecture JSON and state dict (weights only)."""
     stem = Path(stem)
     arch = json.loads(stem.with_suffix(".json").read_text())
-    net = compact(build_from_spec(arch["spec"]), arch["keep"])
+    spec = arch["spec"]
+    if "factory" in spec:  # the user's network: its factory builds it again
+        from .factory import rebuild
+
+        net = compact(rebuild(spec), arch["keep"])
+    else:
+        net = compact(build_from_spec(spec), arch["keep"])
     net.load_state_dict(torch.load(stem.with_suffix(".state.pt"), weights_only=True))
     return net
 
@@ -103,6 +115,7 @@ MODEL_STEM = "model"
 CONFIG_FILE = "trial_config.json"
 BUNDLE_FILES = ("model.state.pt", "model.json", CONFIG_FILE)
 MLFLOW_MODEL = "mlflow_model"
+EXPORT_ERROR = "export_error.txt"  # instead of MLFLOW_MODEL when a factory's network fails
 
 
 def save_bundle(model: GatedNetwork, keep: list[bool], config: dict, folder: str | Path) -> None:
@@ -113,4 +126,15 @@ def save_bundle(model: GatedNetwork, keep: list[bool], config: dict, folder: str
     _save_weights(model, keep, net, folder / MODEL_STEM)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     shutil.rmtree(folder / MLFLOW_MODEL, ignore_errors=True)  # MLflow will not overwrite it
-    save_mlflow_model(net, model.spec["in_shape"], folder / MLFLOW_MODEL)
+    try:
+        save_mlflow_model(net, model.spec["in_shape"], folder / MLFLOW_MODEL)
+    except Exception as err:
+        if "factory" not in model.spec:
+            raise
+        # the user's network may not trace (data-dependent control flow, integer inputs): the
+        # trial keeps its result and weights, the record logs no MLflow model and says why
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        (folder / EXPORT_ERROR).write_text(
+            f"{model.spec['factory']}: the compact network cannot be written as an MLflow "
+            f"model ({type(err).__name__}: {reason}); its weights and architecture are in "
+            "model.state.pt / model.json\n")

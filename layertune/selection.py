@@ -141,10 +141,10 @@ def validation_accuracy(net: Any, config: TrialConfig, device: str = "cpu") -> f
     """Accuracy of ``net`` on the validation split of ``config`` (its seed picks the split)."""
     import torch
 
-    from .data import load_data
+    from .factory import trial_data
 
     dev = torch.device(device)
-    data = load_data(config.data, config.seed, dev)
+    data = trial_data(config, dev)
     net = net.to(dev).eval()
     correct, count = 0, 0
     with torch.no_grad():

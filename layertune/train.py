@@ -19,10 +19,10 @@ from torch import Tensor
 
 from .batchnorm import frozen_batchnorm_stats, recalibrate
 from .config import ConfigError, TrialConfig
-from .data import DataBundle, load_data
+from .data import DataBundle
+from .factory import trial_data, trial_model
 from .flops import FlopTable, flop_table
 from .gates import GateController
-from .models import build_model
 from .optim import make_optimizer, make_schedule
 from .pruner import Pruner
 from .sections import GatedNetwork
@@ -80,8 +80,8 @@ class Trial:
         self.config = config
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.data = data or load_data(config.data, config.seed, self.device)
-        self.model = build_model(config.model, self.data.in_shape, self.data.num_classes)
+        self.data = data or trial_data(config, self.device)
+        self.model = trial_model(config, self.data)  # built-in, or the user's factory's
         self.mode = config.method.gates
         if self.mode == "removed":
             for s in self.model.sections:

@@ -19,6 +19,10 @@ in a worker), ``tuner`` (the Tuner, new or restored), ``monitor`` (the live tabl
 ``result`` (the front) and ``cli``.
 """
 
+import sys
+import types
+
+from .api import sweep
 from .cli import add_sweep_arguments, sweep_command
 from .cluster import check_resources, multi_node_warnings
 from .monitor import SweepMonitor
@@ -30,6 +34,16 @@ from .run import run_sweep
 # layertune.sweep._trial_dirname; --resume of such a sweep looks it up here.
 from .trainable import trial_dirname as _trial_dirname  # noqa: F401
 from .tuner import decide_by, make_scheduler
+
+
+class _CallableModule(types.ModuleType):
+    """``layertune.sweep(...)`` is ``api.sweep(...)``: the package is also the function."""
+
+    def __call__(self, *args, **kwargs):  # noqa: D102
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "SCHEDULERS",
@@ -46,6 +60,7 @@ __all__ = [
     "plan_sweep",
     "run_sweep",
     "summary",
+    "sweep",
     "sweep_command",
     "write_front",
 ]

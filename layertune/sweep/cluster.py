@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from typing import Any
 
 import ray
@@ -19,6 +20,7 @@ from .plan import SweepPlan
 def start_ray(plan: SweepPlan) -> bool:
     """Start or join Ray; True when this call started it (and so must shut it down)."""
     if ray.is_initialized():
+        _check_shipped(plan)
         return False
     given = plan.options.address
     address = given or os.environ.get("RAY_ADDRESS")
@@ -26,6 +28,8 @@ def start_ray(plan: SweepPlan) -> bool:
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if not address:
         kwargs["include_dashboard"] = False
+    if plan.py_modules:  # the user's factory modules, importable in every worker of the job
+        kwargs["runtime_env"] = {"py_modules": plan.py_modules}
     try:
         ray.init(address=given, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
@@ -39,6 +43,16 @@ def start_ray(plan: SweepPlan) -> bool:
         raise ConfigError(f"--address {address or 'local'}: cannot start or join Ray "
                           f"({first}){hint}") from None
     return True
+
+
+def _check_shipped(plan: SweepPlan) -> None:
+    """Ray started by the caller: say so when its job does not ship the user's factory
+    modules (workers on other machines would not find them)."""
+    shipped = (ray.get_runtime_context().runtime_env or {}).get("py_modules")
+    if plan.py_modules and not shipped:
+        print(f"warning: Ray was started without the factories' code; workers on other "
+              f"machines need ray.init(runtime_env={{'py_modules': {plan.py_modules!r}}}), "
+              "or let layertune start Ray", file=sys.stderr, flush=True)
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:

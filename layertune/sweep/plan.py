@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, TrialConfig, load_trial
+from ..config import ConfigError, DataConfig, TrialConfig, load_trial
 from ..space import SearchSpace, check_parameters, load_space
 from ..tracking import resolve_uri
 
@@ -99,6 +99,8 @@ class SweepPlan:
     name: str
     folder: Path
     tracking_uri: str | None  # None: no MLflow record
+    num_classes: int | None = None  # of a data factory's data (``check_factories``)
+    py_modules: list[str] = field(default_factory=list)  # the user's code, sent to workers
 
     def record(self) -> dict[str, Any]:
         """What fixes a sweep's trials: kept in ``sweep.json``, checked on ``--resume``."""
@@ -111,7 +113,8 @@ def plan_sweep(trial_path: str | Path, space_path: str | Path, **options: Any) -
     """Check the input (one-line ``ConfigError`` on anything wrong) and resolve paths.
 
     ``options`` are the keywords of ``SweepOptions``. A sweep folder that holds a sweep is only
-    ever continued (``resume``), with the trial config and search space it started with.
+    ever continued (``resume``), with the trial config and search space it started with. The
+    trial's factories (``model.factory``, ``data.factory``) are called once here, on the CPU.
     """
     given = SweepOptions(**options)
     trial, space = _load_input(trial_path, space_path, given)
@@ -123,6 +126,10 @@ def plan_sweep(trial_path: str | Path, space_path: str | Path, **options: Any) -
         folder=folder, tracking_uri=resolve_uri(given.tracking_uri, folder),
     )
     _check_resume(plan)
+    from ..factory import check_factories, modules_to_ship  # torch: only now
+
+    plan.num_classes = check_factories(trial, str(trial_path))  # the user's functions, once
+    plan.py_modules = modules_to_ship(trial)
     return plan
 
 
@@ -133,7 +140,7 @@ def _load_input(trial_path: str | Path, space_path: str | Path,
     trial = load_trial(trial_path, options.overrides)
     space = load_space(space_path)
     check_parameters(space, trial, str(space_path))
-    if trial.data.root:  # trials run in their own working directory
+    if isinstance(trial.data, DataConfig) and trial.data.root:  # trials run in their own folder
         trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
                                      source=str(trial_path))
     if trial.device.startswith("cuda") and options.gpus_per_trial == 0:
@@ -173,5 +180,7 @@ def chance_accuracy(plan: SweepPlan) -> float:
     given = plan.space.scheduler.chance_accuracy
     if given is not None:
         return given
+    if plan.num_classes:  # a data factory's
+        return 1.0 / plan.num_classes
     data = plan.trial.data
     return 1.0 / _CLASSES.get(data.name, data.synthetic_classes)
