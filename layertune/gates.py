@@ -1,8 +1,12 @@
 """Gate probabilities, their gradient estimators, projected SGD and the pruning rule.
 
-docs/algorithm.md, "Gate gradient and update" and "Pruning rule". ``theta`` lives on the CPU (it
-decides which sections run, which is Python control flow); one device-to-host copy per step
-(``gradient``) brings back dL/dz, the prior's rent and ``Q``.
+docs/algorithm.md, "Gate gradient and update" and "Pruning rule". ``theta`` lives on the host
+(it decides which sections run, which is Python control flow); the gate gradient, the prior's
+rent and its step on the weights are computed on the weights' device. Nothing in a step waits
+for the device: ``z / theta`` and ``theta`` go there without waiting, and the gradient comes
+back through ``transfer.Handoff``, read one step later (the one-step lag of the gate step).
+The host arithmetic of the gate step is numpy on views of the state tensors (a dozen numbers:
+numpy's per-call cost is a fraction of torch's).
 """
 
 from __future__ import annotations
@@ -10,38 +14,51 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batchnorm import frozen_batchnorm_stats
 from .prior import PriorSettings, SectionPrior
-from .sections import GatedNetwork
+from .sections import GatedNetwork, set_gates
+from .transfer import to_device
 
 
 @dataclass
 class GateDraw:
-    """One minibatch's gates: ``z`` (set on the network) and the probe that collects dL/dz."""
+    """One minibatch's gates: ``z`` (set on the network), the probe whose gradient collects
+    dL/dz and the importance weights ``z / theta`` on the device (None: exact estimator)."""
 
     z: list[float]
-    probe: Tensor | None  # None for the exact estimator
+    probe: Tensor | None
+    weight: Tensor | None = None
 
 
 @dataclass
 class GateGradient:
-    """dJ/dtheta of one step on the host: its data part and the prior's rent, and the ``Q``
-    the rent was computed from (the prior's weight step reuses it)."""
+    """dJ/dtheta of one step: its data part and the prior's rent, and the ``Q`` the rent was
+    computed from (the prior's weight step reuses it). On the weights' device as ``gradient``
+    returns it; ``step`` and ``prune`` read it on the host (``Pruner`` hands it over one step
+    later, ``q`` None)."""
 
     data: Tensor
     rent: Tensor
-    q: Tensor
+    q: Tensor | None = None
 
-    @property
-    def total(self) -> Tensor:
+    def packed(self) -> Tensor:
+        """Data part and rent in one tensor (one copy to the host)."""
+        return torch.stack([self.data, self.rent])
+
+    @classmethod
+    def unpacked(cls, host: Tensor) -> GateGradient:
+        return cls(host[0], host[1])
+
+    def total(self) -> np.ndarray:
         # A diverged loss gives NaN here: keep theta a probability; the epoch's loss check
         # then stops the trial with a clear error.
-        grad = self.data + self.rent
-        return torch.where(grad.isfinite(), grad, 0.0)
+        grad = self.data.numpy().astype(np.float64) + self.rent.numpy()
+        return np.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class GateController:
@@ -53,8 +70,9 @@ class GateController:
         loss.backward()
         data = gates.data_gradient(draw, loss, x, y)  # E[L | z=1] - E[L | z=0], estimated
         optimizer.step()
-        grad = gates.gradient(data)                 # + (lambda/N)(R_1 - R_0); one host copy
+        grad = gates.gradient(data)                 # + (lambda/N)(R_1 - R_0), on the device
         gates.shrink_weights(grad, lr)              # the prior's step on the weights
+        # on the host, with the gradient as it comes back (Pruner: the previous step's)
         gates.step(grad, schedule)                  # theta <- clip(theta - eta * g_avg, 0, 1)
         removed = gates.prune(grad)                 # parameters of the sections removed
 
@@ -97,9 +115,11 @@ class GateController:
         self.pruned_at_step: dict[int, int] = {}
         self.steps = 0
         self.fixed = False
-        for i, s in enumerate(self.sections):
-            if s.pruned:
-                self.theta[i] = 0.0
+        self.device = self.prior.n.device
+        # first-order estimator: ones whose gradient is dL/dz (sections.set_gates)
+        self._probe = torch.ones(num, device=self.device, requires_grad=True)
+        self._refresh_alive()
+        self.theta[~torch.from_numpy(self._alive_mask)] = 0.0
 
     # --- state ----------------------------------------------------------------------------
 
@@ -125,37 +145,40 @@ class GateController:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.theta = state["theta"].clone().to(torch.float64)
-        self.streak = state["streak"].clone()
-        self.grad_avg = state.get("grad_avg", torch.zeros_like(self.theta)).clone()
+        # host state, whatever map_location the checkpoint was loaded with
+        self.theta = state["theta"].to("cpu", torch.float64, copy=True)
+        self.streak = state["streak"].to("cpu", copy=True)
+        self.grad_avg = state.get("grad_avg", torch.zeros_like(self.theta)).to(
+            "cpu", torch.float64, copy=True)
         self.pruned_at_step = {int(k): int(v) for k, v in state["pruned_at_step"].items()}
         self.steps = int(state["steps"])
         self.fixed = bool(state.get("fixed", False))
+        self._refresh_alive()
 
     # --- one step ---------------------------------------------------------------------------
 
     def sample(self) -> GateDraw:
         """Draw one ``z`` for the minibatch and set it (with the dL/dz probe) on the network."""
-        z = torch.bernoulli(self.theta, generator=self.generator).tolist()  # pruned: theta 0
-        probe = None
+        return self.set_draw(torch.bernoulli(self.theta, generator=self.generator))
+
+    def set_draw(self, z: Tensor) -> GateDraw:
+        """Set the gates ``z`` (a host tensor, as drawn at the current ``theta``) on the
+        network; ``sample`` draws them, a test may give them."""
+        draw = GateDraw(z.tolist(), None)  # a host tensor: nothing waits for the device
         if self.estimator == "first_order":
-            probe = torch.zeros(len(self.sections), device=self.prior.n.device,
-                                requires_grad=True)
-        self.model.set_gates(z, probe=probe)
-        return GateDraw(z, probe)
+            self._probe.grad = None
+            draw.probe = self._probe
+            # (z / theta): 0 / 0 where theta is 0 (z is 0 there too) gives NaN, set to 0
+            draw.weight = to_device((z / self.theta).nan_to_num_(0.0), self.device)
+        set_gates(self.sections, draw.z, draw.probe)
+        return draw
 
     def data_gradient(self, draw: GateDraw, loss: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """The data part of dJ/dtheta on the device (call after ``loss.backward()``)."""
-        z = draw.z
         if self.estimator == "exact":
-            return self._exact_difference(z, loss, x, y)
+            return self._exact_difference(draw.z, loss, x, y)
         grad = draw.probe.grad if draw.probe.grad is not None else torch.zeros_like(draw.probe)
-        self.model.set_gates(z)  # the probes belong to this step's graph; do not keep them
-        weight = torch.tensor(
-            [zi / t if zi else 0.0 for zi, t in zip(z, self.theta.tolist(), strict=True)],
-            device=grad.device,
-        )
-        return grad * weight  # (z / theta) * dL/dz: unbiased for E[dL/dz | z = 1]
+        return grad * draw.weight  # (z / theta) * dL/dz: unbiased for E[dL/dz | z = 1]
 
     @torch.no_grad()
     def _exact_difference(self, z: list[float], loss: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -199,44 +222,45 @@ class GateController:
 
     @torch.no_grad()
     def gradient(self, data_grad: Tensor) -> GateGradient:
-        """dJ/dtheta: the data part plus the prior's exact rent, brought to the host at once."""
+        """dJ/dtheta: the data part plus the prior's exact rent, on the weights' device."""
         q = self.prior.quadratic()
-        rent = self.prior.rent(q)
-        host = torch.cat([data_grad.float(), rent.float(), q.float()]).cpu().double()  # one sync
-        data, rent, q = host.split(len(self.sections))
-        return GateGradient(data, rent, q)
+        return GateGradient(data_grad.float(), self.prior.rent(q), q)
 
     def shrink_weights(self, grad: GateGradient | None, lr: float) -> None:
-        """The prior's step on the weights (step size ``lr``), at the ``theta`` of this step
-        (``grad`` None: once the gates are fixed, with ``Q`` read here)."""
-        q = grad.q if grad is not None else self.prior.quadratic().cpu().double()
-        self.prior.shrink_(q, self.theta, lr)
+        """The prior's step on the weights (step size ``lr``), at the ``theta`` of this step,
+        on the device (``grad`` None: once the gates are fixed, with ``Q`` read here)."""
+        q = grad.q if grad is not None else self.prior.quadratic()
+        self.prior.shrink_(q, to_device(self.theta, self.device), lr)
 
     def step(self, grad: GateGradient, schedule: float = 1.0) -> None:
         """Projected SGD on ``theta`` with step ``theta_lr * schedule`` (``schedule`` follows the
-        weights' learning-rate schedule)."""
+        weights' learning-rate schedule); ``grad`` on the host."""
         self.steps += 1
-        g = grad.total
+        g = grad.total()
         # Averaging the noisy gradient keeps a gate whose mean gradient says "keep" at exactly 1
         # (plain SGD lets single minibatches nudge it off 1 until the last step).
         b = self.averaging
-        self.grad_avg = g if self.steps == 1 else b * self.grad_avg + (1 - b) * g
-        step = self.theta_lr * schedule * self.grad_avg
-        self.theta = torch.where(self._alive_mask(), (self.theta - step).clamp(0.0, 1.0), 0.0)
+        if self.steps > 1 and b:
+            g = b * self.grad_avg.numpy() + (1 - b) * g
+        self.grad_avg = torch.from_numpy(g)
+        theta = np.clip(self.theta.numpy() - (self.theta_lr * schedule) * g, 0.0, 1.0)
+        theta[~self._alive_mask] = 0.0
+        self.theta = torch.from_numpy(theta)
 
     def prune(self, grad: GateGradient) -> list[nn.Parameter]:
         """The pruning rule: ``theta`` at exactly 0 and the spike already preferred
         (``R_1 > R_0``) for ``patience`` consecutive steps removes the section. Returns the
-        removed parameters."""
-        holding = self._alive_mask() & (self.theta == 0.0) & (grad.rent > 0.0)
-        self.streak = torch.where(holding, self.streak + 1, torch.zeros_like(self.streak))
+        removed parameters. ``grad`` on the host."""
+        holding = self._alive_mask & (self.theta.numpy() == 0.0) & (grad.rent.numpy() > 0.0)
+        streak = np.where(holding, self.streak.numpy() + 1, 0)
         removed: list[nn.Parameter] = []
-        for i in torch.nonzero(self.streak >= self.patience).flatten().tolist():
+        for i in np.flatnonzero(streak >= self.patience).tolist():
             removed += self.sections[i].prune()
             self.pruned_at_step[i] = self.steps
-            self.streak[i] = 0
+            streak[i] = 0
+        self.streak = torch.from_numpy(streak)
         if removed:
-            self.prior.refresh()
+            self._removed()
         return removed
 
     def fix(self, z: list[float]) -> list[nn.Parameter]:
@@ -250,8 +274,12 @@ class GateController:
                 removed += self.sections[i].prune()
                 self.pruned_at_step[i] = self.steps
         if removed:
-            self.prior.refresh()
+            self._removed()
         return removed
 
-    def _alive_mask(self) -> Tensor:
-        return torch.tensor([not s.pruned for s in self.sections])
+    def _removed(self) -> None:
+        self.prior.refresh()
+        self._refresh_alive()
+
+    def _refresh_alive(self) -> None:
+        self._alive_mask = np.array([not s.pruned for s in self.sections])

@@ -13,6 +13,11 @@
 ``optimizer.step()`` and ``update`` (the prior's step on the weights, projected SGD on theta,
 the pruning rule; removed sections' parameters leave the optimiser); a loop that steps the
 optimiser itself (gradient scaling, clipping after backward) calls the three in that order.
+
+Nothing here waits for the device: each step's gate gradient comes back to the host while the
+next step runs, and ``update`` applies it then (docs/algorithm.md, "Gate gradient and update":
+the gate step is one step late). ``settle()`` applies the one still in flight; the methods
+that read theta (``decide``, ``keep``, ``theta``, ...) call it first.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from torch import Tensor, nn
 from .batchnorm import frozen_batchnorm_stats
 from .config import MethodConfig
 from .decision import loss_budget, most_useful
-from .gates import GateController, GateDraw
+from .gates import GateController, GateDraw, GateGradient
 from .optim import drop_parameters, effective_step, schedule_factor
 from .prior import PriorSettings
+from .transfer import Handoff
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -75,6 +81,7 @@ class Pruner:
         self._base_lr = optimizer.param_groups[0]["lr"]
         self._draw: GateDraw | None = None
         self._data_grad: Tensor | None = None
+        self._in_flight = Handoff()  # the last step's gate gradient, on its way to the host
 
     # --- one step -----------------------------------------------------------------------------
 
@@ -103,8 +110,9 @@ class Pruner:
             self._data_grad = self.reduce(self._data_grad)
 
     def update(self) -> list[nn.Parameter]:
-        """After ``optimizer.step()``: the prior's step on the weights, the gate step and the
-        pruning rule. Returns the parameters removed (already out of the optimiser)."""
+        """After ``optimizer.step()``: the prior's step on the weights (now), the gate step and
+        the pruning rule (with the previous step's gradient, which has reached the host).
+        Returns the parameters removed (already out of the optimiser)."""
         gates, opt = self.gates, self.optimizer
         if gates.fixed:  # only the prior's slab acts on the kept weights
             gates.shrink_weights(None, effective_step(opt))
@@ -114,11 +122,23 @@ class Pruner:
                                "or after_backward(loss) before the optimiser's step")
         grad = gates.gradient(self._data_grad)
         self._draw = self._data_grad = None
-        gates.shrink_weights(grad, effective_step(opt))
-        gates.step(grad, self.schedule_factor())
-        removed = gates.prune(grad)
+        gates.shrink_weights(grad, effective_step(opt))  # at the theta z was drawn from
+        return self._gate_step(self._in_flight.swap(grad.packed(), self.schedule_factor()))
+
+    def settle(self) -> list[nn.Parameter]:
+        """Apply the gate gradient still in flight (waits for the device). Returns the
+        parameters removed."""
+        return self._gate_step(self._in_flight.swap(None))
+
+    def _gate_step(self, arrived: tuple[Tensor, float] | None) -> list[nn.Parameter]:
+        if arrived is None:
+            return []
+        host, schedule = arrived
+        grad = GateGradient.unpacked(host)
+        self.gates.step(grad, schedule)
+        removed = self.gates.prune(grad)
         if removed:
-            drop_parameters(opt, removed)
+            drop_parameters(self.optimizer, removed)
         return removed
 
     def step(self, loss: Tensor, x: Tensor | None = None,
@@ -146,6 +166,7 @@ class Pruner:
     def decide_by(self, loss_of: Callable[[list[float]], float],
                   tolerance: float | None = None) -> list[float]:
         """``decide`` with the loss of the network with gates ``z`` given by ``loss_of(z)``."""
+        self.settle()
         m, gates = self.method, self.gates.deterministic()
         if tolerance is None and m.decide_sections is not None:
             keep = most_useful(loss_of, gates, m.decide_sections)
@@ -163,26 +184,30 @@ class Pruner:
         self.model.train()
         self.model.set_gates(z)
         with frozen_batchnorm_stats(self.model):
-            total = sum(float(loss_fn(self.model(x).float(), y)) * len(y) for x, y in batches)
+            total = sum(loss_fn(self.model(x).float(), y) * len(y) for x, y in batches)
         self.model.train(was_training)
-        return total / sum(len(y) for _, y in batches)
+        return float(total) / sum(len(y) for _, y in batches)  # one wait for the device
 
     def decide_open_gates(self, loss_of: Callable[[list[float]], float]) -> dict[int, float]:
         """End of training: gates still inside (0, 1) go to the vertex where J is lower
         (departure 5); ``loss_of(z)`` the deterministic network's loss. Returns their values."""
+        self.settle()
         return self.gates.decide(loss_of)
 
     def set_deterministic(self) -> list[float]:
         """Gates ``round(theta)`` on the network, for evaluation. Returns them."""
+        self.settle()
         z = self.gates.deterministic()
         self.model.set_gates(z)
         return z
 
     def keep(self) -> list[bool]:
         """Which sections the network keeps now (``round(theta)`` = 1 and not removed)."""
+        self.settle()
         return [g == 1.0 and not s.pruned
                 for g, s in zip(self.gates.deterministic(), self.gates.sections, strict=True)]
 
     @property
     def theta(self) -> list[float]:
+        self.settle()
         return self.gates.theta.tolist()

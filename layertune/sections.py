@@ -17,24 +17,6 @@ _KERNELS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 
 
-class _GateProbe(torch.autograd.Function):
-    """Identity on ``f`` whose backward also returns <dL/df, f> as the gradient of ``probe``.
-
-    Called only when z = 1, so the output is ``f`` itself and dL/dz = <dL/d(out), f>; this
-    costs one dot product in the backward pass instead of a multiply in both passes.
-    """
-
-    @staticmethod
-    def forward(ctx, f: Tensor, probe: Tensor) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(f)
-        return f.view_as(f)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        (f,) = ctx.saved_tensors
-        return grad, torch.sum(grad * f, dtype=torch.float32)
-
-
 class GatedSection(nn.Module):
     """``post(skip(x) + z * body(x))``; ``skip`` is linear (identity or a projection)."""
 
@@ -64,7 +46,9 @@ class GatedSection(nn.Module):
             return self.post(s)
         f = self.body(x)
         if self.probe is not None and torch.is_grad_enabled():
-            f = _GateProbe.apply(f, self.probe)
+            # s + f * probe with probe = 1: the same value; autograd's own backward gives
+            # probe's gradient <dL/d(s + f), f> = dL/dz (no Python in the backward pass)
+            return self.post(torch.addcmul(s, f, self.probe))
         return self.post(s + f)
 
     def prior_tensors(self) -> list[tuple[Tensor, float]]:
@@ -132,10 +116,14 @@ class GatedNetwork(nn.Module):
 
 def set_gates(sections: Sequence[GatedSection], z: Sequence[float],
               probe: Tensor | None = None) -> None:
-    """Fix each section's gate for the next forward; ``probe[l]`` collects dL/dz_l."""
-    for i, (section, zi) in enumerate(zip(sections, z, strict=True)):
-        section.z = float(zi)
-        section.probe = probe[i] if probe is not None else None
+    """Fix each section's gate for the next forward; ``probe[l]`` (a tensor of ones that
+    requires grad) collects dL/dz_l in its gradient."""
+    slices = probe.unbind() if probe is not None else [None] * len(sections)
+    for section, zi, p in zip(sections, z, slices, strict=True):
+        # plain attributes, set past nn.Module.__setattr__ (it checks for parameters, buffers
+        # and modules on every call: a tenth of a small network's step, once per section)
+        section.__dict__["z"] = float(zi)
+        section.__dict__["probe"] = p
 
 
 def fan_in(m: nn.Module) -> int:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .batchnorm import frozen_batchnorm_stats, recalibrate
+from .batchnorm import recalibrate
 from .config import ConfigError, TrialConfig
 from .data import DataBundle
 from .factory import trial_data, trial_model
@@ -118,10 +118,14 @@ class Trial:
             return self._plain_step(x, y)
         z = self.pruner.draw()  # every remaining section on once the gates are fixed
         loss = self._backward(x, y)
-        if self.pruner.step(loss, x, y):  # optimizer.step, prior, gate step, pruning
+        # optimizer.step, prior, and the gate step and pruning with the previous step's gradient
+        self._note_removed(self.pruner.step(loss, x, y))
+        return self._end_step(z, loss, len(y))
+
+    def _note_removed(self, removed: list) -> None:
+        if removed:
             for i in self.gates.pruned_at_step:
                 self.pruned_at.setdefault(i, self.epoch)
-        return self._end_step(z, loss, len(y))
 
     def _plain_step(self, x: Tensor, y: Tensor) -> Tensor:
         """Every section on (``gates: fixed``) or none (``removed``): no gates, no prior."""
@@ -157,6 +161,8 @@ class Trial:
         start = time.perf_counter()
         for x, y in self.data.train:
             total += self.step(x, y)
+        if self.mode == "learned":  # the last step's gate gradient: the epoch ends with it
+            self._note_removed(self.pruner.settle())
         mean_loss = float(total) / max(len(self.data.train), 1)  # syncs the device
         if not math.isfinite(mean_loss):
             raise TrialDiverged(
@@ -186,12 +192,8 @@ class Trial:
         (running statistics mislead mid-training). Its forwards count as training work."""
         samples = sum(len(y) for _, y in batches)
         self.train_flops += self.flops.forward([zi == 1.0 for zi in z]) * samples
-        self.model.train()
-        self.model.set_gates(z)
-        with frozen_batchnorm_stats(self.model), self.autocast:
-            total = sum(F.cross_entropy(self.model(x).float(), y, reduction="sum")
-                        for x, y in batches)
-        return float(total) / samples
+        with self.autocast:
+            return self.pruner.batch_loss(batches, z)
 
     def recalibrate_bn(self) -> None:
         """Running statistics of the network that is evaluated (``method.recalibrate_bn``).

@@ -13,7 +13,7 @@ from test_models import CASES, _batch, _build
 
 from layertune.config import MLPConfig
 from layertune.export import compact
-from layertune.gates import GateController, GateDraw
+from layertune.gates import GateController
 from layertune.models import build_model
 from layertune.prior import PriorSettings, decay_coefficient, energies
 from layertune.sections import GatedNetwork
@@ -138,12 +138,10 @@ def _mean_estimate(net: GatedNetwork, theta: list[float], estimator: str, x, y) 
         p = 1.0
         for zi, t in zip(z, theta, strict=True):
             p *= t if zi else 1.0 - t
-        probe = torch.zeros(len(theta), requires_grad=True) if estimator == "first_order" \
-            else None
-        net.set_gates(list(z), probe=probe)
+        draw = gates.set_draw(torch.tensor(z, dtype=torch.float64))
         loss = F.cross_entropy(net(x), y)
         loss.backward()
-        mean += p * gates.data_gradient(GateDraw(list(z), probe), loss, x, y).double()
+        mean += p * gates.data_gradient(draw, loss, x, y).double()
     return mean.tolist()
 
 

@@ -1,0 +1,51 @@
+"""Trial.step never waits for the device except where the design says (docs/algorithm.md,
+"Gate gradient and update"): the calls that copy a tensor's value to Python are counted on the
+Tensor class while 20 real steps run, each with the function that made it."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from layertune.config import load_trial
+from layertune.train import Trial
+
+# each of these copies a value to the host, so on a GPU it waits for the queue to drain
+# (``.numpy()``, which the gate step uses on its host state, refuses device tensors outright)
+SYNCING = ("item", "tolist", "cpu", "__float__", "__bool__", "__int__", "__index__")
+# the one the design names: z drawn on the host from the host's theta (a CPU tensor always)
+ALLOWED = {("tolist", "GateController.set_draw")}
+
+
+def _count_syncs(monkeypatch: pytest.MonkeyPatch, calls: Counter) -> None:
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            calls[(_name, sys._getframe(1).f_code.co_qualname)] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+
+
+@pytest.mark.parametrize("decided", [False, True], ids=["learning", "fixed"])
+def test_trial_step_makes_no_synchronising_call_but_the_named_one(monkeypatch, decided) -> None:
+    config = load_trial("trials/digits_mlp.yaml", {"epochs": 2})
+    trial = Trial(config)
+    batches = [b for _, b in zip(range(20), trial.data.train, strict=False)] * 2
+    trial.step(*batches[0])  # warm-up outside the count
+    if decided:
+        trial.pruner.decide_by(lambda z: float(sum(z)))  # gates fixed: only the prior acts
+    steps = trial.gates.steps
+    calls: Counter = Counter()
+    _count_syncs(monkeypatch, calls)
+    for x, y in batches[:20]:
+        trial.step(x, y)
+    monkeypatch.undo()
+    assert set(calls) <= ALLOWED, dict(calls)
+    assert calls[("tolist", "GateController.set_draw")] == (0 if decided else 20)
+    # the gate steps did happen (one behind): the gate state moved
+    assert trial.gates.steps - steps == (0 if decided else 20)
