@@ -183,6 +183,7 @@ def export_network(record: SweepRecord, row: dict, out: str | Path, *, device: s
     from mlflow import MlflowClient
 
     from .export import MODEL_STEM, input_shape, load_compact
+    from .factory import FactoryError
     from .formats import write_network
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files
@@ -201,9 +202,13 @@ def export_network(record: SweepRecord, row: dict, out: str | Path, *, device: s
             raise ExportError(f"trial {row['trial']}: no compact network recorded in "
                               f"{MODEL_DIR}/ (run {row['run_id']})")
         config = _trial_config(record, row, folder)
-        net = load_compact(folder / MODEL_STEM)  # state dict loaded with weights_only=True
+        try:  # a factory's network and data: the user's module must import here too
+            net = load_compact(folder / MODEL_STEM)  # state dict loaded with weights_only=True
+            measured = validation_accuracy(net, config, device)
+        except FactoryError as err:
+            raise ExportError(f"trial {row['trial']}: {err}; run export where the trial's "
+                              "factories import") from None
         in_shape = input_shape(folder / MODEL_STEM)
-        measured = validation_accuracy(net, config, device)
     gap = abs(measured - recorded) * 100.0
     checked = {"trial": row["trial"], "ray_trial": row["ray_trial"], "run_id": row["run_id"],
                "recorded_val_accuracy": recorded, "val_accuracy": measured, "gap_points": gap}

@@ -142,7 +142,12 @@ def test_sweep_of_a_module_outside_the_package_runs_on_two_nodes(cluster, user_f
     client = mlflow.MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("user").experiment_id],
                               "tags.`layertune.kind` = 'trial'")
-    assert len(runs) == 2 and all("compact_model" in r.data.tags for r in runs)
+    assert len(runs) == 2 and all(r.data.tags["compact_model"].startswith("models:/")
+                                  for r in runs)
+    # export rebuilds the knee's network through the factory and re-checks it on its data
+    out = tmp_path / "net.pt2"
+    assert main(["export", "user", "--storage", str(storage), "--knee", "-o", str(out)]) == 0
+    assert torch.export.load(out).module()(torch.randn(3, 64)).shape == (3, 10)
 
 
 SPACE_DICT = {"parameters": {"model.kwargs.depth": {"type": "int", "low": 2, "high": 4}},

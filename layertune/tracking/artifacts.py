@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import GROUPS, STATUS, STOPPED_BY, THETA
-from ..export import BUNDLE_FILES, MLFLOW_MODEL
+from ..export import BUNDLE_FILES, EXPORT_ERROR, MLFLOW_MODEL
 from ..front import plot_front_html, plot_front_png, write_csv
 from .rows import front_columns, gate_key, group_trials
 
@@ -60,7 +60,8 @@ def copy_model(checkpoint: Any, dest: Path) -> bool:
 
     The trial writes the bundle into its checkpoint (``export.save_bundle``); False when there
     is no checkpoint or it lacks a bundle file, and then nothing is copied. The MLflow Model
-    folder lands in ``dest / MLFLOW_MODEL`` for ``log_model``.
+    folder lands in ``dest / MLFLOW_MODEL`` for ``log_model``. A factory's network that could
+    not be written as an MLflow Model: its bundle and ``EXPORT_ERROR`` are copied, and False.
     """
     if checkpoint is None:
         return False
@@ -68,6 +69,12 @@ def copy_model(checkpoint: Any, dest: Path) -> bool:
         files = [Path(folder, f) for f in BUNDLE_FILES]
         model = Path(folder, MLFLOW_MODEL)
         if not all(f.is_file() for f in files) or not (model / "MLmodel").is_file():
+            return False
+        error = Path(folder, EXPORT_ERROR)
+        if all(f.is_file() for f in files) and error.is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in (*files, error):
+                shutil.copy2(f, dest / f.name)
             return False
         dest.mkdir(parents=True, exist_ok=True)
         for f in files:
