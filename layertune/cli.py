@@ -33,9 +33,13 @@ def train_command(args: argparse.Namespace) -> int:
     from .data import DataError
     from .export import save_compact
     from .formats import check_format
+    from .progress import EpochProgress
     from .train import TrialDiverged, run_trial
 
     check_format(args.format)  # before training, not after
+    if not args.progress_every > 0:
+        raise ConfigError(f"--progress-every {args.progress_every}: give a number of seconds "
+                          "above 0")
     overrides = parse_set(args.set or [])
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -47,7 +51,8 @@ def train_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: cannot create folder ({err.strerror})") from None
     print(f"layertune train {args.trial} -> {out}", flush=True)
     try:
-        result = run_trial(config, lambda m, _: _print_epoch(m, config.epochs))
+        result = run_trial(config, lambda m, _: _print_epoch(m, config.epochs),
+                           progress=EpochProgress(every=args.progress_every))
     except DataError as err:  # raised while loading, before any training
         raise ConfigError(f"{args.trial}: data: {err}") from None
     except TrialDiverged as err:
@@ -256,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key, e.g. --set optimizer.lr=0.1 (repeatable)")
     t.add_argument("--out", help="output folder (default runs/<trial name>)")
     t.add_argument("--seed", type=int, help="random seed (overrides the YAML)")
+    t.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                   help="epochs longer than 5 s show their progress: a bar on a terminal, "
+                   "else a line every SECONDS (default 30)")
     _add_format_argument(t)
     t.set_defaults(func=train_command)
     from .sweep import add_sweep_arguments, sweep_command

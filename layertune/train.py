@@ -24,6 +24,7 @@ from .factory import trial_data, trial_model
 from .flops import FlopTable, flop_table
 from .gates import GateController
 from .optim import make_optimizer, make_schedule
+from .progress import EpochProgress
 from .pruner import Pruner
 from .sections import GatedNetwork
 from .trial_state import load_state, save_state
@@ -153,14 +154,20 @@ class Trial:
         self.train_flops += self.flops.training_step([zi == 1.0 for zi in z], batch)
         return loss.detach()
 
-    def train_epoch(self) -> tuple[float, float]:
-        """Returns (seconds, mean minibatch loss)."""
+    def train_epoch(self, progress: EpochProgress | None = None) -> tuple[float, float]:
+        """Returns (seconds, mean minibatch loss). ``progress`` is told of every step."""
         self.epoch += 1
         self.model.train()
         total = torch.zeros((), device=self.device)
         start = time.perf_counter()
+        if progress is not None:
+            progress.start(self.epoch, len(self.data.train))
         for x, y in self.data.train:
             total += self.step(x, y)
+            if progress is not None:
+                progress.update(len(y))
+        if progress is not None:
+            progress.close()
         if self.mode == "learned":  # the last step's gate gradient: the epoch ends with it
             self._note_removed(self.pruner.settle())
         mean_loss = float(total) / max(len(self.data.train), 1)  # syncs the device
@@ -279,6 +286,7 @@ def run_trial(
     data: DataBundle | None = None,
     last_checkpoint: Callable[[GatedNetwork, list[bool], str], None] | None = None,
     trial: Trial | None = None,
+    progress: EpochProgress | None = None,
 ) -> TrialResult:
     """Train ``config`` for its epochs, calling ``report`` after each one.
 
@@ -287,12 +295,13 @@ def run_trial(
     add files to the last epoch's checkpoint folder before it is reported (the sweep puts the
     compact network there, so the driver can record it from the trial's checkpoint).
     ``trial``: one built already (a data-parallel trial, ``layertune.distributed``).
+    ``progress`` shows each epoch's steps as they go (``layertune train``).
     """
     trial = trial or Trial(config, data)
     if resume_from:
         load_state(trial, resume_from)
     while trial.epoch < config.epochs:
-        seconds, _ = trial.train_epoch()
+        seconds, _ = trial.train_epoch(progress)
         if (trial.epoch == config.epochs and trial.mode == "learned"
                 and config.method.decide_at_end and not trial.gates.fixed):
             trial.decide_gates()
