@@ -1,4 +1,5 @@
-"""``layertune`` command line: thin wrappers over train, sweep, the MLflow record and export."""
+"""``layertune`` command line: thin wrappers over train, sweep, baseline, the MLflow record and
+export."""
 
 from __future__ import annotations
 
@@ -96,32 +97,63 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 def front_command(args: argparse.Namespace) -> int:
     import csv
 
+    from .comparison import DOMINATED
     from .contract import GROUPS, RUNNING, STATUS
     from .front import format_table
     from .selection import load_sweep
-    from .tracking import front_columns
+    from .tracking import (
+        BASELINE_GROUP,
+        KIND,
+        front_columns,
+        front_versus_baseline,
+        sweep_folder,
+    )
 
-    record = load_sweep(args.name, _tracking_uri(args))
+    uri = _tracking_uri(args)
+    record = load_sweep(args.name, uri)
     groups = record.groups
     cols = front_columns(record.objectives, record.parameters)
+    folder = sweep_folder(args.name, args.storage)
+    against, relogged = front_versus_baseline(uri, record.parent, folder, record.trials)
     front = [{c: r.get(c) for c in cols} for r in groups["front"]]
+    if against is not None:
+        front = against.mark(front)
+        cols = [*cols, DOMINATED]
     if args.format == "json":
         print(json.dumps({"sweep": record.name, "tracking_uri": record.uri,
                           "objectives": record.objectives, "front": front,
-                          "trials": {g: len(groups[g]) for g in GROUPS}}, indent=2))
-    elif args.format == "csv":
+                          "trials": {g: len(groups[g]) for g in GROUPS},
+                          "baseline": against.to_json() if against else None}, indent=2))
+        return 0
+    if args.format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=cols, lineterminator="\n")
         writer.writeheader()
         writer.writerows(front)
-    else:
-        running = sum(r[STATUS] == RUNNING for r in record.trials)
-        finished = len(groups["front"]) + len(groups["finished"])
-        print(f"sweep {record.name}: Pareto front ("
-              + ", ".join(f"{m} {d}" for m, d in record.objectives)
-              + f") of {finished} finished trials ({len(groups['stopped'])} stopped early, "
-              f"{len(groups['failed'])} failed" + (f", {running} running" if running else "")
-              + f"); {record.uri}")
-        print(format_table(front, cols) if front else "(empty: no trial finished)")
+        return 0
+    running = sum(r[STATUS] == RUNNING for r in record.trials)
+    finished = len(groups["front"]) + len(groups["finished"])
+    print(f"sweep {record.name}: Pareto front ("
+          + ", ".join(f"{m} {d}" for m, d in record.objectives)
+          + f") of {finished} finished trials ({len(groups['stopped'])} stopped early, "
+          f"{len(groups['failed'])} failed" + (f", {running} running" if running else "")
+          + f"); {record.uri}")
+    shown = [{**r, DOMINATED: "yes" if r[DOMINATED] else "no"} if against else r for r in front]
+    print(format_table(shown, cols) if front else "(empty: no trial finished)")
+    if against is None and record.parent.data.tags.get(KIND) == BASELINE_GROUP:
+        return 0
+    if against is None:
+        trial = record.parent.data.params.get("trial", "TRIAL")
+        print(f"\nno from-scratch baseline of this trial config beside {folder} (train one: "
+              f"layertune baseline {trial}" + (f" --storage {folder.parent}/NAME" if
+                                                args.storage else "") + ")")
+        return 0
+    b = against.baseline
+    print(f"\nfrom-scratch baseline {b.name} ({b.path}), its front:")
+    print(format_table(against.baseline_front,
+                       ["sections", *[m for m, _ in record.objectives], "run_id"]))
+    print(against.line())
+    if relogged:
+        print(f"the sweep run's pareto/front.png and front.html now show it ({record.uri})")
     return 0
 
 
@@ -271,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="search the method's knobs: Ray Tune + Optuna + gate collapse")
     add_sweep_arguments(w)
     w.set_defaults(func=sweep_command)
+    from .sweep.cli import add_baseline_arguments, baseline_command
+
+    b = sub.add_parser("baseline", help="train every depth from scratch: the front a sweep of "
+                       "the same trial has to beat",
+                       description="Trains the from-scratch grid of a trial (every depth with "
+                       "its gates fixed, the trial's epochs; ResNets: every equal depth per "
+                       "stage) as a Ray Tune run, recorded in MLflow (runs tagged "
+                       "layertune.kind=baseline), into baseline.json beside the sweeps; "
+                       "layertune front and a sweep's front.png / front.html then show it. "
+                       "An existing baseline is reused (--recompute trains it again).")
+    add_baseline_arguments(b)
+    b.set_defaults(func=baseline_command)
 
     f = sub.add_parser("front", help="the Pareto front of a sweep, read back from MLflow")
     _add_record_arguments(f)

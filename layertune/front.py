@@ -154,9 +154,17 @@ def _plotted(rows: Sequence[dict], x: str, y: str) -> list[dict]:
             isinstance(r.get(y), int | float) and math.isfinite(r[x]) and math.isfinite(r[y])]
 
 
+_BASELINE = ("#2ca02c", "s", "from-scratch baseline")
+_DOMINATED = "dominated_by_baseline"  # a front row's mark (layertune.comparison.DOMINATED)
+
+
 def plot_front_png(groups: dict[str, list[dict]], objectives: Objectives, path: str,
-                   title: str = "") -> None:
-    """The front and, apart from it, dominated, stopped and failed trials; written to ``path``."""
+                   title: str = "", baseline: Sequence[dict] = ()) -> None:
+    """The front and, apart from it, dominated, stopped and failed trials; written to ``path``.
+
+    ``baseline``: the from-scratch baseline's front, drawn beside the sweep's; front rows whose
+    ``dominated_by_baseline`` is true get a ring.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,6 +189,7 @@ def plot_front_png(groups: dict[str, list[dict]], objectives: Objectives, path: 
                 line = sorted(rows, key=lambda r: (r[x], r[y]))
                 ax.plot([r[x] for r in line], [r[y] for r in line], c=colour, lw=1,
                         drawstyle="steps-post", zorder=1)
+        _baseline_png(ax, groups.get("front", []), baseline, x, y)
         if x in ("active_layers", "undecided_layers", "trial"):
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel(x + "".join(f" ({d})" for m, d in objectives if m == x))
@@ -194,9 +203,28 @@ def plot_front_png(groups: dict[str, list[dict]], objectives: Objectives, path: 
         plt.close(fig)
 
 
+def _baseline_png(ax: Any, front: Sequence[dict], baseline: Sequence[dict], x: str,
+                  y: str) -> None:
+    rows = _plotted(baseline, x, y)
+    if rows:
+        colour, marker, label = _BASELINE
+        line = sorted(rows, key=lambda r: (r[x], r[y]))
+        ax.plot([r[x] for r in line], [r[y] for r in line], c=colour, lw=1, ls="--",
+                drawstyle="steps-post", zorder=1)
+        ax.scatter([r[x] for r in rows], [r[y] for r in rows], c=colour, marker=marker, s=34,
+                   label=f"{label}: {len(rows)} on its front", zorder=2)
+    beaten = [r for r in _plotted(front, x, y) if r.get(_DOMINATED)]
+    if beaten:
+        ax.scatter([r[x] for r in beaten], [r[y] for r in beaten], facecolors="none",
+                   edgecolors="#d62728", s=130, linewidths=1.5, zorder=4,
+                   label=f"front points the baseline dominates: {len(beaten)}")
+
+
 def plot_front_html(groups: dict[str, list[dict]], objectives: Objectives, path: str,
-                    title: str = "", hover: Sequence[str] = ()) -> None:
-    """Interactive version (plotly); plotly.js comes from its CDN so the file stays small."""
+                    title: str = "", hover: Sequence[str] = (),
+                    baseline: Sequence[dict] = ()) -> None:
+    """Interactive version (plotly); plotly.js comes from its CDN so the file stays small.
+    ``baseline`` and the marks as in ``plot_front_png``."""
     import plotly.graph_objects as go
 
     x, y = _axes(objectives)
@@ -213,6 +241,21 @@ def plot_front_html(groups: dict[str, list[dict]], objectives: Objectives, path:
             text=text, hoverinfo="text+x+y",
             marker={"color": colour, "symbol": "x" if marker in "xX" else "circle", "size": 9},
         ))
+    rows = _plotted(baseline, x, y)
+    if rows:
+        colour, _, label = _BASELINE
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in rows], y=[r[y] for r in rows], mode="lines+markers", name=label,
+            line={"color": colour, "dash": "dash", "shape": "hv"},
+            marker={"color": colour, "symbol": "square", "size": 9},
+            text=[f"run_id: {r.get('run_id', '-')}" for r in rows], hoverinfo="text+x+y"))
+    beaten = [r for r in _plotted(groups.get("front", []), x, y) if r.get(_DOMINATED)]
+    if beaten:
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in beaten], y=[r[y] for r in beaten], mode="markers",
+            name="front points the baseline dominates", hoverinfo="skip",
+            marker={"symbol": "circle-open", "size": 16, "color": "#d62728",
+                    "line": {"width": 2}}))
     fig.update_layout(title=title or "Pareto front", xaxis_title=x, yaxis_title=y,
                       template="plotly_white")
     fig.write_html(path, include_plotlyjs="cdn", full_html=True)

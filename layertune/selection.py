@@ -28,7 +28,15 @@ from typing import Any
 from .config import ConfigError, TrialConfig
 from .contract import FINISHED, STATUS, STOPPED_BY
 from .front import knee
-from .tracking import KIND, MODEL_DIR, PARENT, group_trials, open_client, trial_row
+from .tracking import (
+    BASELINE_GROUP,
+    KIND,
+    MODEL_DIR,
+    PARENT,
+    group_trials,
+    open_client,
+    trial_row,
+)
 
 
 class ExportError(RuntimeError):
@@ -71,8 +79,11 @@ def _load_sweep(name: str, uri: str) -> SweepRecord:
         names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
         raise ConfigError(f"sweep {name}: not recorded in {uri} (sweeps there: "
                           f"{', '.join(names) or 'none'})")
+    # a sweep, or a from-scratch baseline (its depths read back as trials)
     parents = list(client.search_runs([exp.experiment_id], f"tags.`{KIND}` = 'sweep'",
-                                      max_results=50))
+                                      max_results=50)) or \
+        list(client.search_runs([exp.experiment_id], f"tags.`{KIND}` = '{BASELINE_GROUP}'",
+                                max_results=50))
     if not parents:
         raise ConfigError(f"sweep {name}: its MLflow experiment in {uri} has no sweep run")
     parent = max(parents, key=lambda r: r.info.start_time or 0)

@@ -180,7 +180,9 @@ def chance_accuracy(plan: SweepPlan) -> float:
     given = plan.space.scheduler.chance_accuracy
     if given is not None:
         return given
-    if plan.num_classes:  # a data factory's
-        return 1.0 / plan.num_classes
-    data = plan.trial.data
-    return 1.0 / _CLASSES.get(data.name, data.synthetic_classes)
+    return 1.0 / plan.num_classes if plan.num_classes else trial_chance(plan.trial)
+
+
+def trial_chance(trial: TrialConfig) -> float:
+    """One over the number of classes of the trial's data set."""
+    return 1.0 / _CLASSES.get(trial.data.name, trial.data.synthetic_classes)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
 
+from ..comparison import SECTIONS
 from ..config import TrialConfig
 from .plan import SweepPlan
+
+if TYPE_CHECKING:
+    from .baseline import BaselinePlan
 
 
 # The name ``_train`` is the trainable's name in Tune's saved experiment: a resumed sweep must
@@ -58,13 +63,22 @@ def _train(config: dict, base: dict, threads: int, export: bool = True) -> None:
         raise
 
 
-def make_trainable(plan: SweepPlan) -> Any:
-    """``_train`` with the plan's trial config bound and one trial's resources attached; torch
-    gets a thread per whole CPU (at least one), and the bundle is exported only for an MLflow
-    record to copy."""
+def _train_depth(config: dict, base: dict, threads: int, export: bool = True) -> None:
+    """One network of the from-scratch grid (``layertune baseline``): ``config["sections"]``
+    picks the grid point of the trial config ``base`` (``baseline.depth_grid``)."""
+    from ..baseline import depth_grid
+
+    grid = {p.sections: p.config for p in depth_grid(TrialConfig.model_validate(base))}
+    _train({}, grid[config[SECTIONS]].model_dump(mode="json"), threads, export)
+
+
+def make_trainable(plan: SweepPlan | BaselinePlan, fn: Callable[..., None] = _train) -> Any:
+    """``fn`` (``_train``, or ``_train_depth`` for a baseline) with the plan's trial config
+    bound and one trial's resources attached; torch gets a thread per whole CPU (at least
+    one), and the bundle is exported only for an MLflow record to copy."""
     cpus, gpus = plan.options.cpus_per_trial, plan.options.gpus_per_trial
     return tune.with_resources(
-        tune.with_parameters(_train, base=plan.trial.model_dump(mode="json"),
+        tune.with_parameters(fn, base=plan.trial.model_dump(mode="json"),
                              threads=max(1, int(cpus)), export=plan.tracking_uri is not None),
         {"cpu": cpus, "gpu": gpus},
     )

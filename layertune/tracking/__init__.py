@@ -38,6 +38,8 @@ from .artifacts import MODEL_DIR, plot_gates
 from .environment import environment
 from .recorder import SweepRecorder
 from .rows import (
+    BASELINE_GROUP,
+    BASELINE_KIND,
     ERROR_TAG,
     KIND,
     OPTUNA_TRIAL,
@@ -51,13 +53,16 @@ from .rows import (
     report_metrics,
     trial_row,
 )
+from .sweep_run import front_versus_baseline
 from .ui import find_sweeps, recorded_sweeps, server_command
 from .uri import default_uri, is_server, open_client, resolve_uri, sweep_folder
 
 __all__ = [
-    "ENDED", "ERROR_TAG", "GROUPS", "KIND", "MODEL_DIR", "OPTUNA_TRIAL",
-    "PARENT", "RAY_TRIAL", "STATUS", "STOPPED_BY", "STOP_REASON", "SWEEP", "UNFINISHED",
-    "SweepRecorder", "default_uri", "environment", "find_sweeps", "front_columns", "gate_key",
+    "BASELINE_GROUP", "BASELINE_KIND", "ENDED", "ERROR_TAG", "GROUPS", "KIND", "MODEL_DIR",
+    "OPTUNA_TRIAL", "PARENT", "RAY_TRIAL", "STATUS", "STOPPED_BY", "STOP_REASON", "SWEEP",
+    "UNFINISHED",
+    "SweepRecorder", "default_uri", "environment", "find_sweeps", "front_columns",
+    "front_versus_baseline", "gate_key",
     "group_trials", "is_server", "open_client", "plot_gates", "recorded_sweeps",
     "reference_point", "report_metrics", "resolve_uri", "server_command", "sweep_folder",
     "trial_row",

@@ -4,7 +4,8 @@ A trial run gets ``gates.png`` and, when it finished, the export bundle under ``
 the compact network as an MLflow model (``mlflow.pytorch``, a LoggedModel with the run as its
 source, signature and input example);
 the sweep run gets ``front.csv``, ``trials.csv``, ``front.png`` and ``front.html`` (written
-here into a folder the caller logs) and the rows of ``trials.csv`` as an MLflow table.
+here into a folder the caller logs; with its from-scratch baseline when one is found, and
+``baseline_front.csv``) and the rows of ``trials.csv`` as an MLflow table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..comparison import DOMINATED, SECTIONS, Versus
 from ..contract import GROUPS, STATUS, STOPPED_BY, THETA
 from ..export import BUNDLE_FILES, EXPORT_ERROR, MLFLOW_MODEL
 from ..front import plot_front_html, plot_front_png, write_csv
@@ -110,20 +112,35 @@ def log_model(client: Any, experiment_id: str, run_id: str, folder: Path, step: 
 
 
 def write_front(rows: Sequence[dict], objectives: Sequence[tuple[str, str]],
-                parameters: Sequence[str], name: str, folder: Path) -> dict[str, list]:
+                parameters: Sequence[str], name: str, folder: Path,
+                versus: Versus | None = None) -> dict[str, list]:
     """The front files of the ended trials ``rows`` into ``folder``; returns every trial as a
-    table (column -> values, the columns of ``trials.csv``) for ``log_table``."""
+    table (column -> values, the columns of ``trials.csv``) for ``log_table``.
+
+    With ``versus`` (the sweep's baseline found): the baseline's front is drawn beside the
+    sweep's, the title has both hypervolumes, front rows get the ``dominated_by_baseline``
+    column, and ``baseline_front.csv`` holds the baseline's front.
+    """
     rows = sorted(rows, key=lambda r: (r["trial"] is None, r["trial"] or 0,
                                        r["ray_trial"] or ""))
     groups = group_trials(rows, objectives)
     cols = front_columns(objectives, parameters)
-    table = [{**r, "group": g} for g in GROUPS for r in groups[g]]
-    every = ["group", STATUS, STOPPED_BY, *cols]
     title = f"sweep {name}: {len(groups['front'])} on the front of " \
             f"{len(groups['front']) + len(groups['finished'])} finished trials"
+    theirs: list[dict] = []
+    if versus is not None:
+        groups["front"] = versus.mark(groups["front"])
+        cols.append(DOMINATED)
+        theirs = versus.baseline_front
+        title += f"\nhypervolume {versus.hypervolume:.3g}, from-scratch baseline " \
+                 f"{versus.baseline_hypervolume:.3g}"
+        write_csv(theirs, [SECTIONS, *[m for m, _ in objectives], "run_id"],
+                  folder / "baseline_front.csv")
+    table = [{**r, "group": g} for g in GROUPS for r in groups[g]]
+    every = ["group", STATUS, STOPPED_BY, *cols]
     write_csv(groups["front"], cols, folder / "front.csv")
     write_csv(table, every, folder / "trials.csv")
-    plot_front_png(groups, objectives, str(folder / "front.png"), title)
-    plot_front_html(groups, objectives, str(folder / "front.html"), title,
-                    hover=[*parameters, "run_id"])
+    plot_front_png(groups, objectives, str(folder / "front.png"), title, baseline=theirs)
+    plot_front_html(groups, objectives, str(folder / "front.html"), title.replace("\n", "<br>"),
+                    hover=[*parameters, "run_id"], baseline=theirs)
     return {c: [r.get(c) for r in table] for c in every}

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray import tune
 
+from .rows import SWEEP_KIND, TRIAL_KIND
 from .sweep_run import SweepRun, SweepSettings
 from .trial_runs import TrialRuns
 
@@ -29,19 +30,25 @@ class SweepRecorder(tune.Callback):
     ``setup`` calls it too); trial runs follow Tune's callbacks; ``on_experiment_end`` writes
     the front and closes everything; ``close()`` is the safety net for a ``finally``.
     ``numbers`` maps a Ray trial id to its Optuna trial number (``SweepSearch.optuna_number``).
+    ``kinds``: the ``KIND`` tags of the parent run and of its children (a sweep and its trials,
+    or a baseline's group and its depths); ``reference``: the hypervolume reference, when it is
+    known before the first report.
     """
 
     def __init__(self, uri: str, name: str, folder: str | Path, *,
                  objectives: Sequence[tuple[str, str]], chance: float,
                  parameters: Sequence[str] = (), files: Sequence[str | Path] = (),
                  trial_config: dict | None = None, params: dict[str, Any] | None = None,
-                 command: str | None = None) -> None:
+                 command: str | None = None, kinds: tuple[str, str] = (SWEEP_KIND, TRIAL_KIND),
+                 reference: Sequence[float] | None = None) -> None:
         self.settings = SweepSettings(
             uri=uri, name=name, folder=Path(folder).resolve(),
             objectives=[(str(m), str(d)) for m, d in objectives], parameters=list(parameters),
             chance=float(chance), files=[Path(f).resolve() for f in files],
             trial_config=trial_config or {}, params=dict(params or {}),
-            command=command or " ".join(shlex.quote(a) for a in sys.argv))
+            command=command or " ".join(shlex.quote(a) for a in sys.argv),
+            kind=kinds[0], trial_kind=kinds[1],
+            reference=[float(r) for r in reference] if reference is not None else None)
         self.numbers: Callable[[str], int | None] | None = None
         self._reset()
 

@@ -29,7 +29,11 @@ from ..contract import front_columns as contract_front_columns
 from ..front import pareto_front
 
 # Tags of a run.
-KIND = "layertune.kind"  # "sweep" (parent) or "trial" (child)
+KIND = "layertune.kind"  # what a run is, one of the four below
+SWEEP_KIND = "sweep"  # a sweep's parent run
+TRIAL_KIND = "trial"  # a sweep trial's run (its child)
+BASELINE_GROUP = "baseline-group"  # a from-scratch baseline's parent run (layertune baseline)
+BASELINE_KIND = "baseline"  # one depth of the baseline (its child)
 SWEEP = "layertune.sweep"
 PARENT = "mlflow.parentRunId"
 RAY_TRIAL = "ray_trial_id"

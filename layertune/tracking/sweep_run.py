@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -18,11 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..comparison import Versus, find_baseline, versus
 from ..config import ConfigError
 from ..front import hypervolume
 from .artifacts import write_front
 from .environment import environment
-from .rows import KIND, PARENT, SWEEP, TAG_MAX, group_trials, log_params, reference_point
+from .rows import (
+    KIND,
+    PARENT,
+    SWEEP,
+    SWEEP_KIND,
+    TAG_MAX,
+    TRIAL_KIND,
+    group_trials,
+    log_params,
+    reference_point,
+)
 from .uri import is_server, open_client
 
 _RESUMES = "layertune.resumes"  # tag: how often the sweep was resumed
@@ -31,6 +43,8 @@ _RESUMES = "layertune.resumes"  # tag: how often the sweep was resumed
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 DESCRIPTION = "mlflow.note.content"  # a run's description in the UI (markdown)
 _TABLE = "pareto/trials_table.json"
+TRIAL_CONFIG = "config/trial.resolved.json"  # the resolved trial config (a baseline's key)
+BASELINE_TAG = "layertune.baseline"  # the baseline the front artifacts show (Baseline.stamp)
 
 
 @dataclass
@@ -47,6 +61,9 @@ class SweepSettings:
     trial_config: dict
     params: dict[str, Any]  # the plan, logged as params
     command: str
+    kind: str = SWEEP_KIND  # the parent run's KIND tag: a sweep, or a baseline's group
+    trial_kind: str = TRIAL_KIND  # its children's
+    reference: list[float] | None = None  # the hypervolume reference, if known at the start
 
 
 class SweepRun:
@@ -78,7 +95,7 @@ class SweepRun:
                 # a database keeps no artifacts: they go to the sweep folder (a server has its own)
                 location = None if is_server(s.uri) else (s.folder / "mlflow-artifacts").as_uri()
                 self.experiment_id = client.create_experiment(
-                    s.name, artifact_location=location, tags={KIND: "sweep", **EXPERIMENT_KIND})
+                    s.name, artifact_location=location, tags={KIND: s.kind, **EXPERIMENT_KIND})
             elif exp.lifecycle_stage == "deleted":
                 raise ConfigError(f"--name {s.name}: its MLflow experiment in {s.uri} is "
                                   "deleted (restore it in the MLflow UI, or use another --name)")
@@ -94,14 +111,23 @@ class SweepRun:
 
     def earlier(self) -> Any | None:
         """The parent run of an earlier start of this sweep (the latest), or None."""
-        parents = self._search(f"tags.`{KIND}` = 'sweep'")
+        parents = self._search(f"tags.`{KIND}` = '{self.settings.kind}'")
         return max(parents, key=lambda r: r.info.start_time or 0) if parents else None
+
+    def delete_earlier(self) -> int:
+        """Delete (MLflow's soft delete) the parent runs of earlier starts and their children:
+        a baseline trained again replaces its record. Returns how many runs."""
+        parents = self._search(f"tags.`{KIND}` = '{self.settings.kind}'")
+        runs = [r for p in parents for r in self._search(f"tags.`{PARENT}` = '{p.info.run_id}'")]
+        for run in runs + parents:
+            self.client.delete_run(run.info.run_id)
+        return len(runs) + len(parents)
 
     def create(self) -> None:
         """A new parent run with the settings, the environment and the config files."""
         s, c = self.settings, self.client
         env = environment()
-        tags = {KIND: "sweep", SWEEP: s.name, "layertune.command": s.command[:TAG_MAX],
+        tags = {KIND: s.kind, SWEEP: s.name, "layertune.command": s.command[:TAG_MAX],
                 DESCRIPTION: _description(s)}
         if env.get("git_commit"):
             tags["mlflow.source.git.commit"] = env["git_commit"]
@@ -112,7 +138,9 @@ class SweepRun:
         for f in s.files:
             c.log_artifact(self.parent_id, str(f), "config")
         if s.trial_config:
-            c.log_dict(self.parent_id, s.trial_config, "config/trial.resolved.json")
+            c.log_dict(self.parent_id, s.trial_config, TRIAL_CONFIG)
+        if s.reference is not None:
+            self._log_reference(s.reference)
 
     def reopen(self, parent: Any) -> None:
         """The earlier parent run RUNNING again; the resume counted (tag ``layertune.resumes``)
@@ -127,8 +155,14 @@ class SweepRun:
             RunTag(_RESUMES, str(resumes)),
             RunTag(f"layertune.resume.{resumes}", json.dumps(
                 {"command": s.command, **s.params}, default=str)[:TAG_MAX])])
-        ref = [parent.data.params.get(f"hv_reference.{m}") for m, _ in s.objectives]
-        self.reference = [float(r) for r in ref] if all(ref) else None
+        self.reference = _reference(parent, s.objectives)
+
+    def attach(self, parent: Any) -> None:
+        """The parent run of an ended sweep, to log its front again (``layertune front``, once
+        a baseline exists); its status is left as it is."""
+        self.prepare()
+        self.parent_id = parent.info.run_id
+        self.reference = _reference(parent, self.settings.objectives)
 
     def trial_runs(self) -> list:
         """The runs of this sweep's trials (its children)."""
@@ -136,15 +170,17 @@ class SweepRun:
 
     def set_reference(self, first: dict) -> None:
         """Fix the hypervolume reference from the sweep's first report (later ones: no-op)."""
-        if self.reference is not None:
-            return
+        if self.reference is None:
+            s = self.settings
+            self._log_reference(reference_point(s.objectives, first, s.chance))
+
+    def _log_reference(self, reference: list[float]) -> None:
         from mlflow.entities import Param
 
-        s = self.settings
-        self.reference = reference_point(s.objectives, first, s.chance)
+        self.reference = reference
         self.client.log_batch(self.parent_id, params=[
             Param(f"hv_reference.{m}", repr(r)) for (m, _), r in
-            zip(s.objectives, self.reference, strict=True)])
+            zip(self.settings.objectives, reference, strict=True)])
 
     def log_progress(self, rows: Sequence[dict]) -> None:
         """The front's figures over the ended trials ``rows``, at step = how many they are."""
@@ -156,12 +192,32 @@ class SweepRun:
                            "trials_stopped": len(groups["stopped"]),
                            "trials_failed": len(groups["failed"])}, step=len(rows))
 
-    def log_front(self, rows: Sequence[dict]) -> None:
-        """The front of the ended trials ``rows`` under ``pareto/``, replacing an earlier one."""
+    def baseline(self, rows: Sequence[dict]) -> Versus | None:
+        """The sweep's front against its from-scratch baseline, if one is beside its folder
+        (``layertune.comparison``); None for a baseline's own group, or with none found."""
         s = self.settings
+        if s.kind != SWEEP_KIND or not s.trial_config or self.reference is None:
+            return None
+        found = find_baseline(s.folder, s.trial_config)
+        if found is None:
+            return None
+        return versus(group_trials(rows, s.objectives)["front"], found, s.objectives,
+                      self.reference)
+
+    def log_front(self, rows: Sequence[dict]) -> Versus | None:
+        """The front of the ended trials ``rows`` under ``pareto/``, replacing an earlier one,
+        beside the sweep's baseline when it has one (tag ``layertune.baseline``: which one;
+        metrics ``baseline_hypervolume`` and ``front_dominated_by_baseline``)."""
+        s = self.settings
+        against = self.baseline(rows)
         with tempfile.TemporaryDirectory(prefix="layertune-front-") as tmp:
-            table = write_front(rows, s.objectives, s.parameters, s.name, Path(tmp))
+            table = write_front(rows, s.objectives, s.parameters, s.name, Path(tmp), against)
             self.client.log_artifacts(self.parent_id, tmp, "pareto")
+        if against is not None:
+            self.client.set_tag(self.parent_id, BASELINE_TAG, against.baseline.stamp[:TAG_MAX])
+            self._log_metrics({"baseline_hypervolume": against.baseline_hypervolume,
+                               "front_dominated_by_baseline": sum(against.dominated)},
+                              step=len(rows))
         # log_table appends to an existing table: a resumed sweep deletes the old one first
         if _TABLE in [f.path for f in self.client.list_artifacts(self.parent_id, "pareto")]:
             from mlflow.store.artifact.artifact_repository_registry import (
@@ -171,6 +227,7 @@ class SweepRun:
             uri = self.client.get_run(self.parent_id).info.artifact_uri
             get_artifact_repository(uri).delete_artifacts(_TABLE)
         self.client.log_table(self.parent_id, data=table, artifact_file=_TABLE)
+        return against
 
     def log_summary(self, values: dict[str, float]) -> None:
         """Extra numbers (e.g. the sweep's wall time) at step 0; not finite ones are left out."""
@@ -200,8 +257,21 @@ class SweepRun:
                 return out
 
 
+def _reference(parent: Any, objectives: Sequence[tuple[str, str]]) -> list[float] | None:
+    """The hypervolume reference a parent run keeps in params ``hv_reference.METRIC``."""
+    ref = [parent.data.params.get(f"hv_reference.{m}") for m, _ in objectives]
+    return [float(r) for r in ref] if all(ref) else None
+
+
 def _description(s: SweepSettings) -> str:
     """The parent run's description: what the sweep searched and where its front is."""
+    if s.kind != SWEEP_KIND:
+        return (f"From-scratch baseline **{s.name}**: every depth of the grid trained with its "
+                "gates fixed, for the trial's epochs; each depth is a nested run (tag "
+                f"`layertune.kind = {s.trial_kind}`, param `sections`). Its front is in this "
+                "run's artifacts (`pareto/front.html`, `pareto/front.png`, `pareto/front.csv`)"
+                f" and in `{s.folder / 'baseline.json'}`; sweeps of the same trial config "
+                "beside it show it with their front (`layertune front SWEEP`).")
     objectives = ", ".join(f"{m} ({d})" for m, d in s.objectives)
     return (f"Sweep **{s.name}** over {', '.join(f'`{p}`' for p in s.parameters)}; "
             f"objectives {objectives}. Each trial is a nested run below this one.\n\n"
@@ -210,3 +280,37 @@ def _description(s: SweepSettings) -> str:
             "`pareto/front.png`, `pareto/front.csv` and `pareto/trials.csv` (every trial), "
             "and the `pareto/trials_table.json` table for the Evaluation view. Read back with "
             f"`layertune front {s.name}`.")
+
+
+def front_versus_baseline(uri: str, parent: Any, folder: Path,
+                          rows: Sequence[dict]) -> tuple[Versus | None, bool]:
+    """An ended sweep's front against the baseline beside ``folder`` (``layertune front``).
+
+    When the front artifacts of the sweep run ``parent`` do not show the baseline found (it was
+    trained after the sweep ended, or again), they are logged again with it. Returns the
+    comparison (None: no baseline of the sweep's trial config) and whether they were.
+    """
+    if parent.data.tags.get(KIND) != SWEEP_KIND:  # a baseline's own group
+        return None, False
+    params = parent.data.params
+    settings = SweepSettings(
+        uri=uri, name=parent.data.tags.get(SWEEP, parent.info.run_name), folder=folder,
+        objectives=[tuple(o.split(":", 1)) for o in params.get("objectives", "").split(",")
+                    if o],
+        parameters=[p for p in params.get("parameters", "").split(",") if p], chance=0.0,
+        files=[], trial_config={}, params={}, command="")
+    run = SweepRun(settings)
+    run.attach(parent)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
+    with tempfile.TemporaryDirectory(prefix="layertune-config-") as tmp:
+        try:
+            path = run.client.download_artifacts(parent.info.run_id, TRIAL_CONFIG, tmp)
+            settings.trial_config = json.loads(Path(path).read_text())
+        except Exception:  # a sweep recorded without its resolved config: no baseline match
+            return None, False
+    against = run.baseline(rows)
+    if against is None or parent.info.status == "RUNNING" or \
+            parent.data.tags.get(BASELINE_TAG) == against.baseline.stamp[:TAG_MAX]:
+        return against, False
+    run.log_front(rows)
+    return against, True

@@ -106,8 +106,8 @@ class TrialRuns:
     def _create(self, trial: Any) -> str:
         tid, sweep = trial.trial_id, self.sweep
         number = self.number(tid)
-        tags = {PARENT: sweep.parent_id, KIND: "trial", SWEEP: sweep.settings.name,
-                RAY_TRIAL: tid, STATUS: RUNNING}
+        tags = {PARENT: sweep.parent_id, KIND: sweep.settings.trial_kind,
+                SWEEP: sweep.settings.name, RAY_TRIAL: tid, STATUS: RUNNING}
         if number is not None:
             tags[OPTUNA_TRIAL] = str(number)
         run_id = sweep.client.create_run(sweep.experiment_id, run_name=tid,
