@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,48 @@ def test_models_without_a_grid_say_so() -> None:
 def test_blocks_per_stage_is_for_cifar_resnets_only() -> None:
     with pytest.raises(ConfigError, match="blocks_per_stage"):
         _trial("mnist_resnet20.yaml", **{"model.name": "resnet18", "model.blocks_per_stage": 2})
+
+
+# --- `layertune baseline`: bad input is one line and exit 2, before Ray starts ---------------
+
+DIGITS = str(ROOT / "trials" / "digits_mlp.yaml")
+BAD = {
+    "missing trial file": (["nope.yaml"], ["nope.yaml", "not found"]),
+    "model without a grid": ([str(ROOT / "trials" / "mnist_lenet5.yaml")],
+                             ["lenet5", "no from-scratch grid"]),
+    "bad --set": ([DIGITS, "--set", "epochs"], ["--set epochs"]),
+    "unknown --set key": ([DIGITS, "--set", "optimzer.lr=0.1"], ["optimzer"]),
+    "negative cpus": ([DIGITS, "--cpus-per-trial", "-1"], ["--cpus-per-trial"]),
+    "name with a slash": ([DIGITS, "--name", "a/b"], ["--name"]),
+    "tracking uri": ([DIGITS, "--tracking-uri", "ftp://x"], ["--tracking-uri"]),
+    "another config's baseline": ([DIGITS, "--name", "other", "--storage", "{tmp}/other"],
+                                  ["other", "epochs", "--recompute"]),
+    "a sweep's folder": ([DIGITS, "--storage", "{tmp}/sweep"], ["holds a sweep"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_baseline_bad_input_is_one_line_exit_2_and_starts_nothing(case, tmp_path, capsys):
+    import ray
+
+    from layertune.cli import main
+
+    (tmp_path / "other").mkdir()
+    config = _trial("digits_mlp.yaml", epochs=99).model_dump(mode="json")
+    (tmp_path / "other" / "baseline.json").write_text(json.dumps(
+        {"name": "other", "config": config, "rows": [], "created": "2026-01-01"}))
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_text("{}")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    argv, words = BAD[case]
+    try:
+        code = main(["baseline", *[a.replace("{tmp}", str(tmp_path)) for a in argv]])
+    except SystemExit as exit:  # argparse's own checks
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for word in words:
+        assert word in err, err
+    assert not ray.is_initialized()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
