@@ -66,26 +66,31 @@ def train(
         if pruner:
             pruner.set_deterministic()  # layertune: z = round(theta) for evaluation
         recalibrate(net, batches)  # BatchNorm statistics of the network evaluated
-        acc = accuracy(net, data.val)
+        acc, val_loss = evaluate(net, data.val)
         kept = pruner.keep() if pruner else []
-        print(f"epoch {epoch}: loss {loss.item():.3f}  val acc {acc:.4f}  "
+        print(f"epoch {epoch}: loss {loss.item():.3f}  val loss {val_loss:.4f}  val acc {acc:.4f}  "
               f"blocks kept {sum(kept) if pruner else 'all'}/{len(kept) if pruner else 'all'}  "
               f"{time.perf_counter() - start:.0f}s", flush=True)
-    result = {"val_accuracy": acc, "seconds": time.perf_counter() - start}
+    result = {"val_accuracy": acc, "val_loss": val_loss, "seconds": time.perf_counter() - start}
     if pruner:
         kept = pruner.keep()
         compact = layertune.strip(net, kept)  # layertune: the user's network, blocks deleted
         result.update(kept=sum(kept), gated=len(kept),
                       removed=[p for p, k in zip(net.paths, kept, strict=True) if not k],
-                      compact_accuracy=accuracy(compact, data.val), network=compact)
+                      compact_accuracy=evaluate(compact, data.val)[0], network=compact)
     return result
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> float:
+def evaluate(net: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over every target: a sample's class, or each position of
+    a sequence (logits ``(batch, classes, positions)``, as ``F.cross_entropy`` takes them)."""
     net.eval()
     right = total = 0
+    loss = 0.0
     for x, y in loader:
-        right += int((net(x).argmax(1) == y).sum())
-        total += len(y)
-    return right / total
+        out = net(x)
+        right += int((out.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+        total += y.numel()
+    return right / total, loss / total

@@ -24,7 +24,8 @@ from torchvision.models.vision_transformer import EncoderBlock
 
 from .sections import GatedSection, set_gates
 
-Branch = Callable[[nn.Module, Tensor], Tensor]
+Branch = Callable[..., Tensor]  # (block, x, *the block's other arguments) -> F(x)
+_Call = tuple[Tensor, tuple, dict]  # a block's x, other positional and keyword arguments
 
 
 class GatingError(ValueError):
@@ -32,16 +33,17 @@ class GatingError(ValueError):
 
 
 class _Branch(nn.Module):
-    """The residual branch ``F`` of ``block``, computed by ``fn(block, x)`` from the block's
-    own submodules (same parameters: an optimiser built before gating still holds them)."""
+    """The residual branch ``F`` of ``block``, computed by ``fn(block, x, *args, **kwargs)``
+    from the block's own submodules (same parameters: an optimiser built before gating still
+    holds them); ``args`` / ``kwargs`` are what the network passes the block besides ``x``."""
 
     def __init__(self, block: nn.Module, fn: Branch) -> None:
         super().__init__()
         self.block = block
         self.fn = fn
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(self.block, x)
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        return self.fn(self.block, x, *args, **kwargs)
 
 
 # --- the residual branch of each kind of block, written from its forward ---------------------
@@ -64,16 +66,19 @@ def _encoder_block_branch(b: nn.Module, x: Tensor) -> Tensor:
     return a + b.mlp(b.ln_2(x + a))
 
 
-def _timm_branch(b: nn.Module, x: Tensor) -> Tensor:
+def _timm_branch(b: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
     """timm ``Block`` (and any block with its names): ``x + dp1(ls1(attn(norm1(x))))``, then
-    ``+ dp2(ls2(mlp(norm2(.))))``; layer scale and drop path are optional."""
-    a = _part(b, "drop_path1")(_part(b, "ls1")(b.attn(b.norm1(x))))
+    ``+ dp2(ls2(mlp(norm2(.))))``; layer scale and drop path are optional. The block's other
+    arguments (timm's ``attn_mask``, a causal mask) go to ``attn``, as in timm."""
+    a = _part(b, "drop_path1")(_part(b, "ls1")(b.attn(b.norm1(x), *args, **kwargs)))
     return a + _part(b, "drop_path2")(_part(b, "ls2")(b.mlp(b.norm2(x + a))))
 
 
-def _torch_layer_branch(b: nn.Module, x: Tensor) -> Tensor:
-    """``nn.TransformerEncoderLayer(norm_first=True)`` without masks."""
-    a = b._sa_block(b.norm1(x), None, None)
+def _torch_layer_branch(b: nn.Module, x: Tensor, src_mask: Tensor | None = None,
+                        src_key_padding_mask: Tensor | None = None,
+                        is_causal: bool = False) -> Tensor:
+    """``nn.TransformerEncoderLayer(norm_first=True)``, with the masks of its ``forward``."""
+    a = b._sa_block(b.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
     return a + b._ff_block(b.norm2(x + a))
 
 
@@ -208,19 +213,20 @@ def _find(model: nn.Module, blocks: Sequence[type | str] | None) -> list[str]:
 
 @torch.no_grad()
 def _capture(model: nn.Module, example: Tensor,
-             paths: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Each block's input and output on ``example`` (first call), eval mode."""
-    inputs: dict[str, Tensor] = {}
+             paths: list[str]) -> tuple[dict[str, _Call], dict[str, Tensor]]:
+    """Each block's arguments and output on ``example`` (first call), eval mode."""
+    inputs: dict[str, _Call] = {}
     outputs: dict[str, Tensor] = {}
 
     def hook(path: str):
-        def record(_m: nn.Module, args: tuple, out: Tensor) -> None:
+        def record(_m: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> None:
             if path not in inputs and args:
-                inputs[path] = args[0].detach().clone()
+                inputs[path] = (args[0].detach().clone(), args[1:], kwargs)
                 outputs[path] = out.detach().clone()
         return record
 
-    handles = [model.get_submodule(p).register_forward_hook(hook(p)) for p in paths]
+    handles = [model.get_submodule(p).register_forward_hook(hook(p), with_kwargs=True)
+               for p in paths]
     was_training = model.training
     model.eval()
     try:
@@ -233,17 +239,19 @@ def _capture(model: nn.Module, example: Tensor,
 
 
 @torch.no_grad()
-def _check(path: str, block: nn.Module, section: GatedSection, x: Tensor, expected: Tensor,
+def _check(path: str, block: nn.Module, section: GatedSection, call: _Call, expected: Tensor,
            rtol: float) -> None:
-    """Gate 1: the block's own output (so the branch was read right); gate 0: exactly ``x``."""
+    """Gate 1: the block's own output (so the branch was read right); gate 0: exactly ``x``.
+    The section gets the block's other arguments (a mask, say) as the network passed them."""
     name = f"{path} ({type(block).__name__})"
+    x, args, kwargs = call
     was_training = block.training
     section.eval()
     try:
         section.z = 1.0
-        on = section(x)
+        on = section(x, *args, **kwargs)
         section.z = 0.0
-        off = section(x)
+        off = section(x, *args, **kwargs)
     finally:
         section.z = 1.0
         section.train(was_training)
@@ -266,10 +274,17 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
 
 def strip(model: GatedModel, keep: Sequence[bool]) -> nn.Module:
     """A gate-free copy of the user's network: kept blocks are the original modules again,
-    removed ones are deleted (``nn.Identity``; exact, by the check in ``gate``)."""
+    removed ones are deleted (``Removed``, an identity; exact, by the check in ``gate``)."""
     net = copy.deepcopy(model.net)
     for path, kept in zip(model.paths, keep, strict=True):
         section = net.get_submodule(path)
         _replace(net, path, section.body.block if kept and section.body is not None
-                 else nn.Identity())
+                 else Removed())
     return net.eval()
+
+
+class Removed(nn.Identity):
+    """A deleted block: its input, whatever else the network passes it (a mask, say)."""
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:  # noqa: D102
+        return x

@@ -21,6 +21,9 @@ def _load(name: str):
     ("resnet18_mnist", ["--epochs", "1", "--steps", "2", "--batch-size", "16"], 5),
     ("vit_mnist", ["--epochs", "1", "--steps", "3", "--batch-size", "32", "--depth", "3",
                    "--decide-at", "1", "--tolerance", "0.9"], 3),
+    ("char_transformer", ["--epochs", "1", "--steps", "3", "--batch-size", "16", "--depth", "3",
+                          "--dim", "32", "--seq", "32", "--megabytes", "0.05",
+                          "--tolerance", "0.9"], 3),
 ])
 def test_example_learns_gates_decides_and_strips(name, argv, gated, capsys):
     out = _load(name).main(argv)

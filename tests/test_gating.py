@@ -107,6 +107,46 @@ def test_torch_transformer_layer_pre_norm_gated_post_norm_left_out_with_a_line()
     assert any(t is pre.self_attn.in_proj_weight for t in kernels)
 
 
+class _CausalDecoder(nn.Module):
+    """Pre-norm torch layers called with a causal mask, as a decoder-only model calls them."""
+
+    def __init__(self, depth: int = 3, d: int = 16) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+            for _ in range(depth))
+
+    def forward(self, x):
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, is_causal=True)
+        return x
+
+
+def test_a_causal_mask_reaches_the_gated_blocks_and_a_deleted_block_ignores_it():
+    torch.manual_seed(0)
+    net = _CausalDecoder().eval()
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        full = net(x)
+        mask = nn.Transformer.generate_square_subsequent_mask(6)
+        without_1 = net.layers[2](net.layers[0](x, src_mask=mask, is_causal=True),
+                                  src_mask=mask, is_causal=True)
+    gated = gate(net, x)  # the check at gate 1 fails unless the mask reaches the branch
+    assert gated.paths == ["layers.0", "layers.1", "layers.2"]
+    with torch.no_grad():
+        gated.set_gates([1.0, 1.0, 1.0])
+        assert torch.allclose(gated(x), full, atol=1e-5)
+        gated.set_gates([1.0, 0.0, 1.0])
+        assert torch.allclose(gated(x), without_1, atol=1e-5)
+        # causal: the first position cannot see the later ones
+        changed = x.clone()
+        changed[:, 3:] += 1.0
+        assert torch.allclose(gated(changed)[:, :3], gated(x)[:, :3], atol=1e-5)
+        compact = strip(gated, [True, False, True])  # the deleted block takes the mask too
+        assert torch.allclose(compact(x), without_1, atol=1e-5)
+
+
 class _PostNormTimmNames(nn.Module):
     """timm's attribute names, but post-norm: ``norm(x + f(x))``; the check must catch it."""
 
