@@ -198,7 +198,7 @@ def ui_command(args: argparse.Namespace) -> int:
     import time
 
     from .tracking import find_sweeps, is_server, resolve_uri, server_command
-    from .tracking.ui import recorded_experiments, runs_page
+    from .tracking.ui import child_kind, recorded_experiments, runs_page
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: a TCP port, 1 to 65535")
@@ -235,7 +235,7 @@ def ui_command(args: argparse.Namespace) -> int:
         pages = recorded_experiments(db) if db else {}
         print(f"sweep {name}: {server}\n  {shlex.join(cmd)}")
         for sweep, experiment_id in pages.items():
-            print(f"  {sweep}: {runs_page(server, experiment_id)}")
+            print(f"  {sweep}: {runs_page(server, experiment_id, child_kind(db, experiment_id))}")
     if args.dry_run:
         return 0
     print("the MLflow UI is starting; Ctrl-C stops it", flush=True)

@@ -127,3 +127,12 @@ def test_front_shows_both_hypervolumes_and_marks_each_front_point(record):
     assert parent.data.tags["layertune.baseline"] == baseline.stamp
     assert "pareto/baseline_front.csv" in {
         a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+
+
+def test_ui_links_the_baselines_depth_runs(record):
+    code, out = cli("ui", "--storage", str(record["runs"]), "--dry-run")
+    assert code == 0
+    pages = {line.split(": ", 1)[0].strip(): line for line in out.splitlines()
+             if "#/experiments/" in line}
+    assert "%27baseline%27" in pages[next(k for k in pages if k.startswith("baseline-"))]
+    assert "%27trial%27" in pages["s"]

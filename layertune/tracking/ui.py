@@ -43,11 +43,26 @@ def recorded_experiments(db: str | Path) -> dict[str, str]:
     return {name: str(i) for name, i in rows}
 
 
-def runs_page(server: str, experiment_id: str) -> str:
-    """The MLflow UI page of a sweep's trial runs: the training view (not the GenAI overview
-    MLflow 3 opens by default), trials only, best validation accuracy first."""
+def child_kind(db: str | Path, experiment_id: str) -> str:
+    """The ``layertune.kind`` of an experiment's nested runs: ``baseline`` (each depth) in a
+    baseline's experiment, else ``trial``; read without MLflow."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            row = con.execute("select value from experiment_tags where experiment_id = ? and "
+                              "key = 'layertune.kind'", (experiment_id,)).fetchone()
+    except sqlite3.Error:
+        row = None
+    return "baseline" if row and row[0] == "baseline-group" else "trial"
+
+
+def runs_page(server: str, experiment_id: str, kind: str = "trial") -> str:
+    """The MLflow UI page of a sweep's trial runs (``kind``: or a baseline's depths): the
+    training view (not the GenAI overview MLflow 3 opens by default), those runs only, best
+    validation accuracy first."""
     query = ("workflowType=machine_learning&orderByKey=metrics.%60val_accuracy%60"
-             "&orderByAsc=false&searchFilter=tags.%60layertune.kind%60%20%3D%20%27trial%27")
+             f"&orderByAsc=false&searchFilter=tags.%60layertune.kind%60%20%3D%20%27{kind}%27")
     return f"{server}/#/experiments/{experiment_id}/runs?{query}"
 
 
