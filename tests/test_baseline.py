@@ -95,6 +95,7 @@ BAD = {
     "another config's baseline": ([DIGITS, "--name", "other", "--storage", "{tmp}/other"],
                                   ["other", "epochs", "--recompute"]),
     "a sweep's folder": ([DIGITS, "--storage", "{tmp}/sweep"], ["holds a sweep"]),
+    "object storage": ([DIGITS, "--storage", "s3://bucket/prefix"], ["--storage", "local"]),
 }
 
 

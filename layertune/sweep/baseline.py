@@ -58,8 +58,7 @@ class BaselinePlan:
     name: str
     folder: Path
     tracking_uri: str | None
-    existing: Baseline | None  # the baseline already in the folder, reused unless recompute
-    recompute: bool = False
+    existing: Baseline | None  # the baseline already in its folder: reused
     # for ``start_ray``: the grid exists for built-in models only, no user code to ship
     py_modules: list[str] = field(default_factory=list)
 
@@ -74,6 +73,9 @@ def plan_baseline(trial_path: str | Path, *, recompute: bool = False,
     """Check the input before Ray starts (one-line ``ConfigError``); ``options`` are
     ``SweepOptions`` keywords (``overrides`` as ``--set``)."""
     given = SweepOptions(**options)
+    if given.storage and "://" in str(given.storage):
+        raise ConfigError(f"--storage {given.storage}: a local folder (sweeps look for their "
+                          "baseline in the folders beside their own)")
     trial = load_trial(trial_path, given.overrides)
     if trial.data.root:  # trials run in their own working directory (as in a sweep)
         trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
@@ -107,8 +109,7 @@ def plan_baseline(trial_path: str | Path, *, recompute: bool = False,
                               "another --name, or --recompute to replace it")
     return BaselinePlan(options=given, trial_path=Path(trial_path).resolve(), trial=trial,
                         grid=grid, name=name, folder=folder,
-                        tracking_uri=resolve_uri(given.tracking_uri, folder), existing=existing,
-                        recompute=recompute)
+                        tracking_uri=resolve_uri(given.tracking_uri, folder), existing=existing)
 
 
 def run_baseline(plan: BaselinePlan, *, live: bool = True) -> Baseline | None:
@@ -182,6 +183,7 @@ def _fit(plan: BaselinePlan, live: bool) -> list[dict] | None:
         m = dict(result.metrics or {})
         row = {SECTIONS: int(result.config[SECTIONS]),
                **{k: m[k] for k in NUMBERS if isinstance(m.get(k), int | float)},
+               "wall_s": round(float(m.get("time_total_s", 0.0)), 1),
                "ray_trial": m.get("trial_id"), "run_id": runs.get(m.get("trial_id"))}
         done = row.get("epoch") == plan.trial.epochs and all(
             math.isfinite(row.get(k, math.nan)) for k, _ in OBJECTIVES)
