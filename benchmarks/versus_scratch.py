@@ -88,12 +88,14 @@ def run_grid(config: TrialConfig) -> list[dict]:
 
 
 def reuse_grid(path: str, config: TrialConfig) -> list[dict]:
-    """The grid rows of an earlier run's JSON, only if it trained this very config."""
-    grid = json.loads(Path(path).read_text())["grid"]
+    """The grid rows of an earlier run's JSON, or of ``layertune baseline``'s baseline.json
+    (the same grid, trained as a Tune run), only if it trained this very config."""
+    data = json.loads(Path(path).read_text())
+    grid = data.get("grid", data)
     if grid.get("config") != config.model_dump(mode="json"):
         raise SystemExit(f"--grid-from {path}: its grid trained another trial config")
     print(f"grid: reused from {path}", flush=True)
-    return grid["rows"]
+    return [{"wall_s": 0.0, **r} for r in grid["rows"]]
 
 
 def run_seed(args: argparse.Namespace, seed: int, overrides: dict) -> SweepResult:
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help=f"tiny run for a test: {QUICK} unless given")
     p.add_argument("--grid-from", metavar="JSON",
-                   help="reuse the grid of an earlier run's JSON (same trial config only)")
+                   help="reuse the grid of an earlier run's JSON, or a layertune baseline's "
+                   "baseline.json (same trial config only)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--max-concurrent", type=int, default=2,
                    help="sweep trials at a time (default 2, as in `make demo` on 2 cores)")

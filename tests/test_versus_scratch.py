@@ -55,3 +55,10 @@ def test_quick_run_on_digits_writes_grid_and_sweep(tmp_path: Path) -> None:
     assert reuse_grid(path, config) == grid["rows"]
     with pytest.raises(SystemExit, match="another trial config"):
         reuse_grid(path, config.with_overrides({"epochs": 3}))
+    # and the baseline.json of `layertune baseline` (the same grid, as a Tune run)
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"config": config.model_dump(mode="json"),
+                                    "rows": [{k: r[k] for k in r if k != "wall_s"}
+                                             for r in grid["rows"]]}))
+    assert [r["val_accuracy"] for r in reuse_grid(str(baseline), config)] == \
+        [r["val_accuracy"] for r in grid["rows"]]
