@@ -4,7 +4,10 @@ same network without gates, and inference of the compact network against the ful
 Prints a table, writes benchmarks/out/overhead.json and the "overhead" section of
 docs/results.md. Target: gated / plain step time <= 1.05.
 
-    .venv/bin/python benchmarks/overhead.py [--device cpu|cuda] [--steps 60]
+    .venv/bin/python benchmarks/overhead.py [--device cpu|cuda] [--steps 40] [--threads 1]
+
+Both steps run the trial's learning-rate schedule, and its bf16 autocast and channels_last when
+the trial file asks for them (benchmarks/gpu.py does); ``--threads 0`` keeps torch's default.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 
 from layertune.config import load_trial
 from layertune.export import compact
-from layertune.optim import make_optimizer
+from layertune.optim import make_optimizer, make_schedule
 from layertune.train import Trial
 
 try:
@@ -60,7 +63,12 @@ def _timed(fn, batches, device, repeats: int) -> float:
     return median(times)
 
 
-def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int) -> dict:
+def x_dims(batches: list) -> int:
+    return batches[0][0].dim()
+
+
+def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int,
+            repeats: int = 3) -> dict:
     config = load_trial(trial_file, {**overrides, "device": device,
                                      "method.prune_patience": 10**9, "method.theta_lr": 1e-9})
     trial = Trial(config)
@@ -71,28 +79,36 @@ def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int
         if len(batches) == steps:
             break
     plain = compact(trial.model, [True] * len(trial.model.sections)).to(dev).train()
+    if config.channels_last and dev.type == "cuda" and x_dims(batches) == 4:
+        plain.to(memory_format=torch.channels_last)
     plain_opt = make_optimizer(plain, config)
+    plain_schedule = make_schedule(plain_opt, config, len(trial.data.train))
 
-    def plain_step(x, y):
-        loss = F.cross_entropy(plain(x), y)
+    def plain_step(x, y):  # what Trial.step does without gates
+        if config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with trial.autocast:
+            loss = F.cross_entropy(plain(x), y)
         plain_opt.zero_grad(set_to_none=True)
         loss.backward()
         plain_opt.step()
+        plain_schedule.step()
 
     trial.model.train()
-    gated = _timed(trial.step, batches, dev, 3)
-    base = _timed(plain_step, batches, dev, 3)
+    gated = _timed(trial.step, batches, dev, repeats)
+    base = _timed(plain_step, batches, dev, repeats)
     keep = [i % 2 == 0 for i in range(len(trial.model.sections))]
     full = compact(trial.model, [True] * len(keep)).to(dev)
     small = compact(trial.model, keep).to(dev)
+    few = batches[:20]
     x1 = batches[0][0][:1]
     xb = batches[0][0]
-    with torch.no_grad():
+    with torch.no_grad(), trial.autocast:
         lat = {
-            "full_b1_ms": 1e3 * _timed(lambda x, y: full(x1), batches[:20], dev, 3),
-            "half_b1_ms": 1e3 * _timed(lambda x, y: small(x1), batches[:20], dev, 3),
-            "full_batch_ms": 1e3 * _timed(lambda x, y: full(xb), batches[:20], dev, 3),
-            "half_batch_ms": 1e3 * _timed(lambda x, y: small(xb), batches[:20], dev, 3),
+            "full_b1_ms": 1e3 * _timed(lambda x, y: full(x1), few, dev, repeats),
+            "half_b1_ms": 1e3 * _timed(lambda x, y: small(x1), few, dev, repeats),
+            "full_batch_ms": 1e3 * _timed(lambda x, y: full(xb), few, dev, repeats),
+            "half_batch_ms": 1e3 * _timed(lambda x, y: small(xb), few, dev, repeats),
         }
     row = {"case": name, "device": str(dev), "gated_step_ms": 1e3 * gated,
            "plain_step_ms": 1e3 * base, "step_ratio": gated / base, **lat,
@@ -105,12 +121,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU "
+                        "(0: torch's default)")
     args = parser.parse_args()
-    if args.device == "cpu":
-        torch.set_num_threads(1)
+    if args.device == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
     rows = [measure(name, f, o, args.device, args.steps) for name, (f, o) in CASES.items()]
+    threads = torch.get_num_threads()
     where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-             else f"{platform.processor() or 'CPU'}, 1 torch thread")
+             else f"{platform.processor() or 'CPU'}, {threads} torch thread"
+             + ("s" if threads > 1 else ""))
+    key = f"overhead-{args.device.split(':')[0]}" + (
+        f"-{threads}threads" if args.device == "cpu" and threads != 1 else "")
     lines = ["| network | gated step ms (all gates 1) | plain step ms | ratio | "
              "inference ms, full / half the sections (batch) | batch 1 |",
              "|---|---|---|---|---|---|"]
@@ -122,12 +144,13 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     OUT.mkdir(exist_ok=True)
-    (OUT / f"overhead-{args.device.split(':')[0]}.json").write_text(json.dumps(rows, indent=2))
-    write_section(f"overhead-{args.device.split(':')[0]}", (
+    (OUT / f"{key}.json").write_text(json.dumps(rows, indent=2))
+    write_section(key, (
         f"## Gate overhead and compact inference ({where})\n\n"
-        f"`.venv/bin/python benchmarks/overhead.py --device {args.device}`; torch "
-        f"{torch.__version__}; median of 3 passes over {args.steps} steps. The gated step includes "
-        "sampling, the dL/dz probe, the prior step and the gate update.\n\n" + table + "\n"))
+        f"`.venv/bin/python benchmarks/overhead.py --device {args.device} --threads "
+        f"{args.threads}`; torch {torch.__version__}; median of 3 passes over {args.steps} steps. "
+        "The gated step includes sampling, the dL/dz probe, the prior step and the gate update; "
+        "both steps include the learning-rate schedule's step.\n\n" + table + "\n"))
 
 
 if __name__ == "__main__":

@@ -178,6 +178,8 @@ class GateController:
         if self.estimator == "exact":
             return self._exact_difference(draw.z, loss, x, y)
         grad = draw.probe.grad if draw.probe.grad is not None else torch.zeros_like(draw.probe)
+        for section in self.sections:  # its slices are graph nodes: a model with them in it
+            section.__dict__["probe"] = None  # could not be deep-copied (export.compact)
         return grad * draw.weight  # (z / theta) * dL/dz: unbiased for E[dL/dz | z = 1]
 
     @torch.no_grad()
