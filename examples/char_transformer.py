@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -29,16 +30,15 @@ from layertune.data import DataBundle, TensorLoader  # noqa: E402
 
 
 def python_source(megabytes: float) -> Tensor:
-    """The first ``megabytes`` of the standard library's ``.py`` files, as byte values."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    """The first ``megabytes`` of the standard library's ``.py`` files (folders and files in
+    name order, installed packages left out), as byte values."""
     limit, parts, size = int(megabytes * 2**20), [], 0
-    for path in sorted(root.rglob("*.py")):
-        if size >= limit:
-            break
-        if "site-packages" in path.parts:
-            continue
-        parts.append(path.read_bytes()[: limit - size])
-        size += len(parts[-1])
+    for folder, dirs, files in os.walk(sysconfig.get_paths()["stdlib"]):
+        dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "__pycache__"))
+        for name in sorted(f for f in files if f.endswith(".py")):
+            if size < limit:
+                parts.append(Path(folder, name).read_bytes()[: limit - size])
+                size += len(parts[-1])
     return torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8).long()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .formats import DEFAULT_FORMAT, check_format, save_mlflow_model, write_network
+from .formats import DEFAULT_FORMAT, check_format, input_dtype, save_mlflow_model, write_network
 from .models import build_from_spec
 from .sections import GatedNetwork, GatedSection
 
@@ -75,7 +75,7 @@ def save_compact(model: GatedNetwork, keep: list[bool], stem: str | Path,
         "state_dict": str(stem.with_suffix(".state.pt")),
         "architecture": str(stem.with_suffix(".json")),
     }
-    write_network(net, model.spec["in_shape"], paths["network"], fmt)
+    write_network(net, model.spec["in_shape"], paths["network"], fmt, input_dtype(model.spec))
     _save_weights(model, keep, net, stem)
     return paths
 
@@ -90,6 +90,11 @@ def input_shape(stem: str | Path) -> tuple[int, ...]:
     """One input's shape (no batch) of the compact network saved at ``stem``."""
     arch = json.loads(Path(stem).with_suffix(".json").read_text())
     return tuple(int(s) for s in arch["spec"]["in_shape"])
+
+
+def saved_input_dtype(stem: str | Path) -> torch.dtype:
+    """The input dtype of the compact network saved at ``stem`` (float32 unless recorded)."""
+    return input_dtype(json.loads(Path(stem).with_suffix(".json").read_text())["spec"])
 
 
 def load_compact(stem: str | Path) -> nn.Sequential:
@@ -127,7 +132,8 @@ def save_bundle(model: GatedNetwork, keep: list[bool], config: dict, folder: str
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     shutil.rmtree(folder / MLFLOW_MODEL, ignore_errors=True)  # MLflow will not overwrite it
     try:
-        save_mlflow_model(net, model.spec["in_shape"], folder / MLFLOW_MODEL)
+        save_mlflow_model(net, model.spec["in_shape"], folder / MLFLOW_MODEL,
+                          input_dtype(model.spec))
     except Exception as err:
         if "factory" not in model.spec:
             raise

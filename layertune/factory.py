@@ -209,10 +209,11 @@ def check_factories(trial: TrialConfig, source: str) -> int | None:
     except Exception as err:  # the user's code may raise anything
         raise ConfigError(f"{source}: {key}: {_reason(err, 'loading the first batch')}") \
             from None
-    if tuple(x.shape[1:]) != data.in_shape or y.shape != x.shape[:1] or y.is_floating_point():
+    if tuple(x.shape[1:]) != data.in_shape or y.shape[:1] != x.shape[:1] \
+            or y.is_floating_point():
         raise ConfigError(f"{source}: {key}: a training batch is x {tuple(x.shape)}, y "
                           f"{tuple(y.shape)} {y.dtype}; expected x (batch, *{data.in_shape}) "
-                          "and y (batch,) of class indices")
+                          "and y (batch,) of class indices, or (batch, positions) of them")
     if int(y.min()) < 0 or int(y.max()) >= data.num_classes:
         raise ConfigError(f"{source}: {key}: class index {int(y.max())} in a training batch, "
                           f"but num_classes is {data.num_classes}")
@@ -227,10 +228,11 @@ def check_factories(trial: TrialConfig, source: str) -> int | None:
     except Exception as err:
         raise ConfigError(f"{source}: {key}: {_reason(err, 'a forward pass on two samples')}") \
             from None
-    if not isinstance(out, Tensor) or tuple(out.shape) != (len(x[:2]), data.num_classes):
+    want = (len(x[:2]), data.num_classes, *y.shape[1:])  # F.cross_entropy's layout
+    if not isinstance(out, Tensor) or tuple(out.shape) != want:
         got = tuple(out.shape) if isinstance(out, Tensor) else _describe(out)
         raise ConfigError(f"{source}: {key}: the network maps a batch of {len(x[:2])} to "
-                          f"{got}; expected logits ({len(x[:2])}, {data.num_classes})")
+                          f"{got}; expected logits {want}")
     return data.num_classes
 
 

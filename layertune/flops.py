@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .formats import input_dtype
 from .sections import GatedNetwork, GatedSection
 
 
@@ -47,7 +48,7 @@ def flop_table(model: GatedNetwork | nn.Module, in_shape: tuple[int, ...]) -> Fl
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    x = torch.zeros((1, *in_shape), device=device)
+    x = torch.zeros((1, *in_shape), device=device, dtype=_dtype(model))
     fixed, body = 0.0, []
     for layer in model.layers:
         if isinstance(layer, GatedSection):
@@ -76,7 +77,8 @@ def _nested_table(model: nn.Module, in_shape: tuple[int, ...]) -> FlopTable:
                for i, s in enumerate(sections)]
     device = next(model.parameters()).device
     try:
-        total, _ = _count(model, torch.zeros((1, *in_shape), device=device))
+        total, _ = _count(model, torch.zeros((1, *in_shape), device=device,
+                                             dtype=_dtype(model)))
     finally:
         for h in handles:
             h.remove()
@@ -85,3 +87,8 @@ def _nested_table(model: nn.Module, in_shape: tuple[int, ...]) -> FlopTable:
     model.set_gates(saved)
     model.train(was_training)
     return FlopTable(total - sum(body), body)
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    """float32, or the input dtype a factory's network recorded (token ids: int64)."""
+    return input_dtype(getattr(model, "spec", None) or {})

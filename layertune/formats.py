@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from .config import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads FORMATS without it
+    import torch
     from torch import Tensor, nn
 
 FORMATS: dict[str, str] = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
@@ -48,12 +49,24 @@ def check_format(fmt: str, path: str | Path | None = None) -> str:
     return suffix
 
 
-def example_input(in_shape: Sequence[int], batch: int = EXAMPLE_BATCH) -> Tensor:
-    """A fixed pseudo-random batch of inputs of shape ``(batch, *in_shape)``."""
+def example_input(in_shape: Sequence[int], batch: int = EXAMPLE_BATCH,
+                  dtype: torch.dtype | None = None) -> Tensor:
+    """A fixed pseudo-random batch of inputs of shape ``(batch, *in_shape)``; for an integer
+    ``dtype`` (token ids) zeros, an index every embedding has."""
     import torch
 
+    if dtype is not None and not dtype.is_floating_point:
+        return torch.zeros(batch, *in_shape, dtype=dtype)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(batch, *in_shape, generator=generator)
+
+
+def input_dtype(spec: dict) -> torch.dtype:
+    """The dtype of a network's inputs: float32, or the one a factory's network recorded in its
+    ``spec`` (``factory.user_model``; token ids are int64)."""
+    import torch
+
+    return getattr(torch, str(spec.get("in_dtype", "torch.float32")).removeprefix("torch."))
 
 
 def _batch_dim() -> dict[int, object]:
@@ -93,10 +106,11 @@ _WRITERS: dict[str, Callable[[nn.Module, Tensor, Path], None]] = {
 
 
 def write_network(net: nn.Module, in_shape: Sequence[int], path: str | Path,
-                  fmt: str = DEFAULT_FORMAT) -> Path:
+                  fmt: str = DEFAULT_FORMAT, dtype: torch.dtype | None = None) -> Path:
     """Write ``net`` (in eval mode, on the CPU) as ``fmt`` to ``path``; returns the path.
 
-    ``in_shape`` is one input without the batch dimension; the batch size stays dynamic.
+    ``in_shape`` is one input without the batch dimension (``dtype``: float32 unless given);
+    the batch size stays dynamic.
     """
     import torch
 
@@ -105,7 +119,7 @@ def write_network(net: nn.Module, in_shape: Sequence[int], path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     net = net.cpu().eval()
     with torch.no_grad():
-        _WRITERS[fmt](net, example_input(in_shape), path)
+        _WRITERS[fmt](net, example_input(in_shape, dtype=dtype), path)
     return path
 
 
@@ -128,7 +142,8 @@ def load_network(path: str | Path) -> Callable[[Tensor], Tensor]:
     raise ValueError(f"{path}: not a written network (suffixes: {', '.join(FORMATS.values())})")
 
 
-def save_mlflow_model(net: nn.Module, in_shape: Sequence[int], path: str | Path) -> Path:
+def save_mlflow_model(net: nn.Module, in_shape: Sequence[int], path: str | Path,
+                      dtype: torch.dtype | None = None) -> Path:
     """``net`` as an MLflow Model folder at ``path`` (``mlflow.pytorch``, ``.pt2`` inside).
 
     The signature (float32 ``(-1, *in_shape)`` in, logits out) and the input example let
@@ -140,7 +155,7 @@ def save_mlflow_model(net: nn.Module, in_shape: Sequence[int], path: str | Path)
     from mlflow.models import infer_signature
 
     net = net.cpu().eval()
-    x = example_input(in_shape)
+    x = example_input(in_shape, dtype=dtype)
     with torch.no_grad():
         y = net(x)
     signature = infer_signature(x.numpy(), y.numpy())

@@ -130,15 +130,18 @@ class GatedModel(nn.Module):
     """The user's network with some blocks replaced by ``GatedSection``s, in forward order.
 
     ``net`` is the user's module itself (changed in place); ``paths`` are the module paths of
-    the gated blocks. Offers what ``GateController``, ``Pruner`` and ``flop_table`` read.
+    the gated blocks, ``with_arguments`` those the network passes more than ``x`` (a mask).
+    Offers what ``GateController``, ``Pruner`` and ``flop_table`` read.
     """
 
-    def __init__(self, net: nn.Module, paths: Sequence[str]) -> None:
+    def __init__(self, net: nn.Module, paths: Sequence[str],
+                 with_arguments: Sequence[str] = ()) -> None:
         super().__init__()
         if not paths:
             raise GatingError("no block was gated: name blocks= (classes or module paths)")
         self.net = net
         self.paths = list(paths)
+        self.with_arguments = set(with_arguments)
         self.training = net.training  # the user's mode, children untouched
 
     @property
@@ -190,7 +193,8 @@ def gate(
         _check(path, block, section, inputs[path], outputs[path], rtol)
         _replace(model, path, section)
         paths.append(path)
-    return GatedModel(model, paths)
+    more = [p for p in paths if inputs[p][1] or inputs[p][2]]
+    return GatedModel(model, paths, more)
 
 
 def _find(model: nn.Module, blocks: Sequence[type | str] | None) -> list[str]:
@@ -274,12 +278,14 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
 
 def strip(model: GatedModel, keep: Sequence[bool]) -> nn.Module:
     """A gate-free copy of the user's network: kept blocks are the original modules again,
-    removed ones are deleted (``Removed``, an identity; exact, by the check in ``gate``)."""
+    removed ones are deleted (an identity; exact, by the check in ``gate``)."""
     net = copy.deepcopy(model.net)
     for path, kept in zip(model.paths, keep, strict=True):
         section = net.get_submodule(path)
-        _replace(net, path, section.body.block if kept and section.body is not None
-                 else Removed())
+        # a deleted block is nn.Identity (TorchScript compiles it), Removed where the network
+        # passes the block more than x
+        gone = Removed() if path in model.with_arguments else nn.Identity()
+        _replace(net, path, section.body.block if kept and section.body is not None else gone)
     return net.eval()
 
 

@@ -162,7 +162,7 @@ def validation_accuracy(net: Any, config: TrialConfig, device: str = "cpu") -> f
         for x, y in data.val:
             x, y = x.to(dev), y.to(dev)
             correct += int((net(x).argmax(1) == y).sum())
-            count += len(y)
+            count += y.numel()
     return correct / max(count, 1)
 
 
@@ -193,7 +193,7 @@ def export_network(record: SweepRecord, row: dict, out: str | Path, *, device: s
 
     from mlflow import MlflowClient
 
-    from .export import MODEL_STEM, input_shape, load_compact
+    from .export import MODEL_STEM, input_shape, load_compact, saved_input_dtype
     from .factory import FactoryError
     from .formats import write_network
 
@@ -220,6 +220,7 @@ def export_network(record: SweepRecord, row: dict, out: str | Path, *, device: s
             raise ExportError(f"trial {row['trial']}: {err}; run export where the trial's "
                               "factories import") from None
         in_shape = input_shape(folder / MODEL_STEM)
+        dtype = saved_input_dtype(folder / MODEL_STEM)
     gap = abs(measured - recorded) * 100.0
     checked = {"trial": row["trial"], "ray_trial": row["ray_trial"], "run_id": row["run_id"],
                "recorded_val_accuracy": recorded, "val_accuracy": measured, "gap_points": gap}
@@ -227,5 +228,5 @@ def export_network(record: SweepRecord, row: dict, out: str | Path, *, device: s
         raise ExportError(
             f"trial {row['trial']}: re-evaluated val_accuracy {measured:.4f} differs from the "
             f"recorded {recorded:.4f} by {gap:.2f} points (> {tolerance_points:g}); not written")
-    out = write_network(net, in_shape, Path(out).expanduser().resolve(), fmt)
+    out = write_network(net, in_shape, Path(out).expanduser().resolve(), fmt, dtype)
     return {**checked, "path": str(out)}

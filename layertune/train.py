@@ -228,7 +228,7 @@ class Trial:
                 out = self.model(x)
             loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
-            count += len(y)
+            count += y.numel()  # per target: a sample's class, or each position of a sequence
         return float(loss_sum) / count, float(correct) / count
 
     def decide_gates(self) -> None:
