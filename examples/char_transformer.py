@@ -3,11 +3,12 @@ gated by layertune and pruned while it trains.
 
     .venv/bin/python examples/char_transformer.py [--gates learned|fixed] [--epochs 3]
 
-The text is the standard library's ``.py`` files (sorted by path, the first ``--megabytes``),
-read as bytes: 256 symbols, nearly all of them ASCII characters. The last tenth is the
-validation text. Each block is timm's pre-norm ``Block`` with the causal mask as its
-``attn_mask`` argument: the model passes the mask to each block, the gated section passes it on
-to the block's attention, and a removed block ignores it.
+The text is the standard library's ``.py`` files (in folder and name order, the first
+``--megabytes``), read as bytes: 256 symbols, nearly all of them ASCII characters. The last
+tenth is the validation text. Each block is timm's pre-norm ``Block`` with the causal mask as
+its ``attn_mask`` argument: the model passes the mask to each block, the gated section passes
+it on to the block's attention, and a removed block ignores it. ``CharTransformer`` and
+``text_data`` also serve as a trial YAML's factories (README, "Your own model").
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop import train  # noqa: E402
-
-from layertune.data import DataBundle, TensorLoader  # noqa: E402
+from layertune.data import DataBundle, TensorLoader
 
 
 def python_source(megabytes: float) -> Tensor:
@@ -122,6 +120,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    # imported here: as factories (README), this file's functions travel to Ray workers alone
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from loop import train
+
     torch.manual_seed(a.seed)
     data = text_data(a.megabytes, a.seq, a.batch_size, a.seed)
     net = CharTransformer(a.depth, a.dim, seq=a.seq)
