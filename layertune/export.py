@@ -137,8 +137,8 @@ def save_bundle(model: GatedNetwork, keep: list[bool], config: dict, folder: str
     except Exception as err:
         if "factory" not in model.spec:
             raise
-        # the user's network may not trace (data-dependent control flow, integer inputs): the
-        # trial keeps its result and weights, the record logs no MLflow model and says why
+        # the user's network may not trace (data-dependent control flow, say): the trial
+        # keeps its result and weights, the record logs no MLflow model and says why
         reason = (str(err).strip().splitlines() or [""])[0][:300]
         (folder / EXPORT_ERROR).write_text(
             f"{model.spec['factory']}: the compact network cannot be written as an MLflow "

@@ -1,5 +1,5 @@
 """The user's own network and data in a trial: ``model: {factory: "pkg.module:fn", kwargs}``
-(README, "Your own model"; the rules in docs/design.md, "The user's factories").
+(README, "Your own model"; the rules in docs/design.md, "Where a new thing goes").
 
 ``trial_data`` and ``trial_model`` give a trial its data and network, built-in or from the
 user's functions; ``check_factories`` calls the functions once on the driver, on the CPU, so
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .config import ConfigError, DataConfig, FactoryConfig, TrialConfig
 from .data import DataBundle, load_data
+from .formats import input_dtype
 from .models import build_model
 from .sections import GatedNetwork
 
@@ -113,7 +114,7 @@ def user_data(config: FactoryConfig, device: torch.device) -> DataBundle:
     classes, shape = parts["num_classes"], parts["in_shape"]
     if not isinstance(classes, int) or classes < 2:
         raise FactoryError(f"{config.factory}: num_classes must be an int >= 2 (got {classes!r})")
-    if not isinstance(shape, tuple | list | torch.Size) or not shape or not all(
+    if not isinstance(shape, tuple | list) or not shape or not all(
             isinstance(s, int) and s > 0 for s in shape):
         raise FactoryError(f"{config.factory}: in_shape must be one sample's shape, positive "
                            f"ints without the batch, e.g. (1, 28, 28) (got {shape!r})")
@@ -181,8 +182,7 @@ def user_model(config: FactoryConfig, example: Tensor, num_classes: int,
 
 def rebuild(spec: dict) -> nn.Module:
     """The gated network a factory ``spec`` (a ``net.spec``) names, freshly built."""
-    dtype = getattr(torch, spec.get("in_dtype", "torch.float32").removeprefix("torch."))
-    example = torch.zeros((2, *spec["in_shape"]), dtype=dtype)
+    example = torch.zeros((2, *spec["in_shape"]), dtype=input_dtype(spec))
     config = FactoryConfig(factory=spec["factory"], kwargs=spec.get("kwargs", {}))
     return user_model(config, example, int(spec["num_classes"]), log=lambda _: None)
 
@@ -215,8 +215,9 @@ def check_factories(trial: TrialConfig, source: str) -> int | None:
                           f"{tuple(y.shape)} {y.dtype}; expected x (batch, *{data.in_shape}) "
                           "and y (batch,) of class indices, or (batch, positions) of them")
     if int(y.min()) < 0 or int(y.max()) >= data.num_classes:
-        raise ConfigError(f"{source}: {key}: class index {int(y.max())} in a training batch, "
-                          f"but num_classes is {data.num_classes}")
+        raise ConfigError(f"{source}: {key}: a training batch has class indices "
+                          f"{int(y.min())}..{int(y.max())}, but num_classes is "
+                          f"{data.num_classes}")
     key = "model.factory" if isinstance(trial.model, FactoryConfig) else "model"
     try:
         net = trial_model(trial, data).eval()

@@ -18,9 +18,10 @@ from ray_record import ray_reports
 
 import layertune
 from layertune.cli import main
-from layertune.config import ConfigError, validate
-from layertune.export import load_compact, save_compact
-from layertune.factory import check_factories
+from layertune.config import ConfigError, FactoryConfig, validate
+from layertune.export import BUNDLE_FILES, EXPORT_ERROR, load_compact, save_bundle, save_compact
+from layertune.factory import check_factories, user_model
+from layertune.tracking.artifacts import copy_model
 from layertune.train import run_trial
 
 USER_CODE = Path(__file__).resolve().parent / "user_code" / "digits_net.py"
@@ -176,3 +177,17 @@ def test_a_token_model_trains_counts_flops_and_exports_with_integer_inputs(monke
     rebuilt = load_compact(tmp_path / "lm" / "model")
     program = torch.export.load(paths["network"]).module()
     assert torch.allclose(rebuilt(tokens), program(tokens), atol=1e-5)
+
+
+def test_a_network_torch_export_cannot_trace_keeps_its_weights_and_says_why(user_folder,
+                                                                            monkeypatch,
+                                                                            tmp_path):
+    monkeypatch.syspath_prepend(str(user_folder))
+    net = user_model(FactoryConfig(factory="digits_net:branchy"), torch.randn(4, 64), 10)
+    save_bundle(net, [True, False], {"epochs": 1}, tmp_path / "checkpoint")
+    why = (tmp_path / "checkpoint" / EXPORT_ERROR).read_text()
+    assert why.startswith("digits_net:branchy: the compact network cannot be written")
+    # the trial's run gets the weights and the reason, and no MLflow model
+    dest = tmp_path / "model"
+    assert not copy_model(ray.tune.Checkpoint.from_directory(tmp_path / "checkpoint"), dest)
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*BUNDLE_FILES, EXPORT_ERROR])

@@ -45,7 +45,9 @@ def sweep(
     ``SweepOptions`` (``samples``, ``name``, ``storage``, ``address``...). Bad input raises
     ``ConfigError`` (one line) before Ray starts; the factories are called once here first.
     """
-    raw = dict(read_yaml(trial) if isinstance(trial, str | Path) else trial or {})
+    raw = read_yaml(trial) if isinstance(trial, str | Path) else dict(trial or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{trial}: (top level): expected a mapping of trial keys to values")
     raw["model"] = _section(model, model_kwargs, "model")
     raw["data"] = _section(data, data_kwargs, "data")
     stem = raw["model"].get("name") or str(raw["model"].get("factory")).rpartition(":")[2]

@@ -48,6 +48,18 @@ def digits(batch_size: int = 64, in_shape: tuple[int, ...] = (64,)) -> tuple:
             DataLoader(TensorDataset(x[val], y[val]), 256), 10, tuple(in_shape))
 
 
+class Branchy(Net):
+    """Control flow on the data: torch.export cannot trace it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
+        return out if float(x.sum()) > 0 else -out
+
+
+def branchy() -> nn.Module:
+    return Branchy(2, 16, 10)
+
+
 # --- wrong ones (tests/test_factories.py) ------------------------------------------------------
 
 
