@@ -7,6 +7,7 @@ as is usual for FLOP figures.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -72,8 +73,14 @@ def _nested_table(model: nn.Module, in_shape: tuple[int, ...]) -> FlopTable:
     saved = [s.z for s in sections]
     model.eval()
     model.set_gates([1.0] * len(sections))
-    seen: dict[int, torch.Tensor] = {}
-    handles = [s.register_forward_pre_hook(lambda m, a, i=i: seen.setdefault(i, a[0]))
+    seen: dict[int, tuple[tuple, dict]] = {}  # each section's arguments (x, and a mask, say)
+
+    def keep(i: int):
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen.setdefault(i, (args, kwargs))
+        return hook
+
+    handles = [s.register_forward_pre_hook(keep(i), with_kwargs=True)
                for i, s in enumerate(sections)]
     device = next(model.parameters()).device
     try:
@@ -82,8 +89,8 @@ def _nested_table(model: nn.Module, in_shape: tuple[int, ...]) -> FlopTable:
     finally:
         for h in handles:
             h.remove()
-    body = tuple(_count(s.body, seen[i])[0] if s.body is not None and i in seen else 0.0
-                 for i, s in enumerate(sections))
+    body = tuple(_count(partial(s.body, **seen[i][1]), *seen[i][0])[0]
+                 if s.body is not None and i in seen else 0.0 for i, s in enumerate(sections))
     model.set_gates(saved)
     model.train(was_training)
     return FlopTable(total - sum(body), body)

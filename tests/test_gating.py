@@ -229,3 +229,56 @@ def test_flop_table_of_a_gated_model_matches_the_counted_network():
         gated(torch.zeros(1, 1, 28, 28))
     assert table.forward([True, False, True, True, True]) == pytest.approx(
         counter.get_total_flops())
+
+
+class _MaskedAttention(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+
+    def forward(self, x, mask):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class _MaskedBlock(nn.Module):
+    """timm's names; the mask is a required positional argument of the block and of attn."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(d), _MaskedAttention(d)
+        self.norm2, self.mlp = nn.LayerNorm(d), nn.Linear(d, d)
+
+    def forward(self, x, mask):
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class _MaskedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_MaskedBlock() for _ in range(2))
+
+    def forward(self, x):
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+def test_a_block_that_needs_its_mask_is_gated_counted_and_stripped():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    net = _MaskedNet().eval()
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        only_second = net.blocks[1](x, torch.ones(5, 5, dtype=torch.bool).tril())
+    gated = gate(net, x)
+    table = flop_table(gated, (5, 8))  # each body counted with the mask it was given
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        gated(torch.zeros(1, 5, 8))
+    assert table.forward([True, True]) == pytest.approx(counter.get_total_flops())
+    assert table.body[0] == table.body[1] > 0
+    with torch.no_grad():
+        assert torch.allclose(strip(gated, [False, True])(x), only_second, atol=1e-6)
