@@ -41,7 +41,8 @@ def max_depth(config: TrialConfig) -> int:
         return model.depth
     if isinstance(model, ResNetConfig) and model.name in _CIFAR_RESNETS:
         return 3 * _blocks_per_stage(model)
-    raise ValueError(f"model {model.name}: no from-scratch grid (mlp, cnn1d and the CIFAR "
+    what = getattr(model, "name", None) or f"factory {model.factory}"
+    raise ValueError(f"model {what}: no from-scratch grid (mlp, cnn1d and the CIFAR "
                      f"ResNets {', '.join(_CIFAR_RESNETS)} have one)")
 
 

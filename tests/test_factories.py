@@ -191,3 +191,11 @@ def test_a_network_torch_export_cannot_trace_keeps_its_weights_and_says_why(user
     dest = tmp_path / "model"
     assert not copy_model(ray.tune.Checkpoint.from_directory(tmp_path / "checkpoint"), dest)
     assert sorted(p.name for p in dest.iterdir()) == sorted([*BUNDLE_FILES, EXPORT_ERROR])
+
+
+def test_baseline_of_a_factory_model_is_one_line_exit_2(user_folder, monkeypatch, capsys):
+    (user_folder / "trial.yaml").write_text(_trial("{factory: 'digits_net:net'}"))
+    monkeypatch.chdir(user_folder)
+    assert main(["baseline", "trial.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "factory digits_net:net: no from-scratch grid" in err and "\n" not in err, err

@@ -77,7 +77,7 @@ def plan_baseline(trial_path: str | Path, *, recompute: bool = False,
         raise ConfigError(f"--storage {given.storage}: a local folder (sweeps look for their "
                           "baseline in the folders beside their own)")
     trial = load_trial(trial_path, given.overrides)
-    if trial.data.root:  # trials run in their own working directory (as in a sweep)
+    if getattr(trial.data, "root", None):  # trials run in their own folder (as in a sweep)
         trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
                                      source=str(trial_path))
     if trial.device.startswith("cuda") and given.gpus_per_trial == 0:
