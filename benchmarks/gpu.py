@@ -62,6 +62,8 @@ def step_table(device: str, quick: bool) -> list[dict]:
     rows = []
     for name, (trial, overrides) in STEP_CASES.items():
         shrink = small if "resnet" in name else {}
+        if shrink:
+            name = name.replace("batch 128", "batch 8")
         row = measure(name, trial, {**overrides, **precision, **shrink}, device, steps, repeats)
         rows.append({**row, **precision})
     return rows
@@ -151,7 +153,7 @@ def sweep_table(device: str, quick: bool, epochs: int) -> list[dict]:
     trial.update(epochs=epochs, device="cuda" if cuda else "cpu")
     trial["method"]["decide_at"] = min(trial["method"]["decide_at"], epochs - 1)
     if quick:
-        trial["data"]["num_samples"] = 1000
+        trial["data"]["num_samples"] = 600
     shares = (1.0, 0.5, 0.25) if cuda else (2.0, 1.0)
     samples = 2 if quick else 16
     cpus = torch.get_num_threads() if not cuda else 1

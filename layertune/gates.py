@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .batchnorm import frozen_batchnorm_stats
 from .prior import PriorSettings, SectionPrior
-from .sections import GatedNetwork, set_gates
+from .sections import GatedNetwork, homogeneous_parameters, set_gates
 from .transfer import to_device
 
 
@@ -97,6 +97,7 @@ class GateController:
         estimator: str = "first_order",
         patience: int = 50,
         generator: torch.Generator | None = None,
+        dz_from_weights: bool = False,
     ) -> None:
         if estimator not in ("first_order", "exact"):
             raise ValueError(f"estimator must be first_order or exact, not {estimator!r}")
@@ -108,6 +109,7 @@ class GateController:
         self.estimator = estimator
         self.patience = patience
         self.generator = generator
+        self.dz_from_weights = dz_from_weights and estimator == "first_order"
         num = len(self.sections)
         self.theta = torch.full((num,), float(theta_init), dtype=torch.float64)
         self.streak = torch.zeros(num, dtype=torch.long)
@@ -122,6 +124,11 @@ class GateController:
         self.theta[~torch.from_numpy(self._alive_mask)] = 0.0
 
     # --- state ----------------------------------------------------------------------------
+
+    @property
+    def probed(self) -> bool:
+        """Whether dL/dz comes from the probe (else from the weights' gradients)."""
+        return self.estimator == "first_order" and self._euler is None
 
     @property
     def alive(self) -> list[int]:
@@ -166,10 +173,11 @@ class GateController:
         network; ``sample`` draws them, a test may give them."""
         draw = GateDraw(z.tolist(), None)  # a host tensor: nothing waits for the device
         if self.estimator == "first_order":
-            self._probe.grad = None
-            draw.probe = self._probe
             # (z / theta): 0 / 0 where theta is 0 (z is 0 there too) gives NaN, set to 0
             draw.weight = to_device((z / self.theta).nan_to_num_(0.0), self.device)
+        if self.probed:
+            self._probe.grad = None
+            draw.probe = self._probe
         set_gates(self.sections, draw.z, draw.probe)
         return draw
 
@@ -177,10 +185,24 @@ class GateController:
         """The data part of dJ/dtheta on the device (call after ``loss.backward()``)."""
         if self.estimator == "exact":
             return self._exact_difference(draw.z, loss, x, y)
+        if not self.probed:
+            return self._dz_from_weights() * draw.weight
         grad = draw.probe.grad if draw.probe.grad is not None else torch.zeros_like(draw.probe)
         for section in self.sections:  # its slices are graph nodes: a model with them in it
             section.__dict__["probe"] = None  # could not be deep-copied (export.compact)
         return grad * draw.weight  # (z / theta) * dL/dz: unbiased for E[dL/dz | z = 1]
+
+    @torch.no_grad()
+    def _dz_from_weights(self) -> Tensor:
+        """dL/dz_l = sum_p <p, dL/dp> over the section's homogeneous parameters (Euler's
+        theorem, ``sections.homogeneous_parameters``): no work in the backward pass. A section
+        drawn off has no gradients; its weight z / theta is 0, so <p, p> stands in (finite)."""
+        params, owner_map = self._euler
+        if not params:
+            return torch.zeros(len(self.sections), device=self.device)
+        grads = [p if p.grad is None else p.grad for p in params]
+        products = torch._foreach_mul(params, grads)
+        return torch.stack([t.sum() for t in products]) @ owner_map
 
     @torch.no_grad()
     def _exact_difference(self, z: list[float], loss: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -285,3 +307,20 @@ class GateController:
 
     def _refresh_alive(self) -> None:
         self._alive_mask = np.array([not s.pruned for s in self.sections])
+        self._euler = self._homogeneous() if self.dz_from_weights else None
+
+    def _homogeneous(self) -> tuple[list[nn.Parameter], Tensor] | None:
+        """Every live section's homogeneous parameters and the (parameters x sections) 0/1
+        map that sums them per section, or None when a section has none (then the probe)."""
+        params, owner = [], []
+        for i, s in enumerate(self.sections):
+            if s.pruned:
+                continue
+            found = homogeneous_parameters(s.body)
+            if found is None or not all(p.requires_grad for p in found):
+                return None
+            params += found
+            owner += [i] * len(found)
+        owner_map = torch.zeros(len(params), len(self.sections), device=self.device)
+        owner_map[torch.arange(len(params)), torch.tensor(owner, dtype=torch.long)] = 1.0
+        return params, owner_map

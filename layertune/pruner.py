@@ -49,6 +49,11 @@ class Pruner:
     optimiser's learning-rate schedule (``lr / initial_lr``, or the ``lr`` at construction).
     Under data parallelism give ``generator`` the same seed on every process and ``reduce`` the
     mean over processes (docs/algorithm.md, "Several workers"; ``layertune.distributed``).
+    ``dz_from_weights``: read each gate's dL/dz from the gradients of its section's last
+    parameters (Euler's theorem, docs/algorithm.md "Gate gradient and update") instead of a
+    probe in the backward pass; exact only when the loss depends on those parameters through
+    the network's output alone (weight decay in the optimiser, not a penalty in the loss).
+    ``Trial`` sets it; if a section has no such parameters, every section keeps the probe.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class Pruner:
         *,
         generator: torch.Generator | None = None,
         reduce: Callable[[Tensor], Tensor] | None = None,
+        dz_from_weights: bool = False,
         **knobs: object,
     ) -> None:
         m = MethodConfig.model_validate({**(method or MethodConfig()).model_dump(), **knobs})
@@ -76,6 +82,7 @@ class Pruner:
             estimator=m.estimator,
             patience=m.prune_patience,
             generator=generator or torch.Generator().manual_seed(0),
+            dz_from_weights=dz_from_weights,
         )
         self.reduce = reduce  # the data gradient's mean over processes: one gate step for all
         self._base_lr = optimizer.param_groups[0]["lr"]

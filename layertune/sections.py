@@ -127,6 +127,36 @@ def set_gates(sections: Sequence[GatedSection], z: Sequence[float],
         section.__dict__["probe"] = p
 
 
+# f(c u) = c f(u) for c > 0: after the last parametric module they keep the body homogeneous
+_HOMOGENEOUS = (nn.ReLU, nn.Identity, nn.Dropout)
+
+
+def homogeneous_parameters(body: nn.Module | None) -> list[nn.Parameter] | None:
+    """Parameters ``P`` in which ``body``'s output is positively homogeneous of degree 1
+    (scaling them by ``c > 0`` scales the output by ``c``), or None when there is no such set
+    that can be read off its structure.
+
+    By Euler's theorem ``f = sum_p p * df/dp`` then, so ``<dL/df, f> = sum_p <p, dL/dp>``: the
+    gate's ``dL/dz`` from the gradients the backward pass computes anyway. Found for an
+    ``nn.Sequential`` whose last Linear / Conv (weight and bias) or affine normalisation
+    (scale and shift) is followed only by ReLU, Identity or Dropout (every built-in section).
+    """
+    if not isinstance(body, nn.Sequential):
+        return None
+    for m in reversed(body):
+        if isinstance(m, _HOMOGENEOUS):
+            continue
+        if isinstance(m, nn.Sequential):  # only homogeneous modules after it
+            return homogeneous_parameters(m)
+        if isinstance(m, _KERNELS):
+            return [m.weight] + ([m.bias] if m.bias is not None else [])
+        if isinstance(m, _NORMS) and getattr(m, "weight", None) is not None \
+                and getattr(m, "bias", None) is not None:
+            return [m.weight, m.bias]
+        return None
+    return None
+
+
 def fan_in(m: nn.Module) -> int:
     w = m.weight
     return int(w.shape[1] * math.prod(w.shape[2:]))

@@ -98,6 +98,7 @@ class Trial:
             self.model, self.optimizer, self.data.num_train, m,
             generator=torch.Generator().manual_seed(config.seed + 1),
             theta_init=m.theta_init if self.mode == "learned" else 1.0,
+            dz_from_weights=True,  # the loss is the cross-entropy alone
         )
         self.gates: GateController = self.pruner.gates
         steps_per_epoch = len(self.data.train)

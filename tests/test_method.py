@@ -168,6 +168,28 @@ def test_exact_estimator_matches_enumeration() -> None:
     assert estimate == pytest.approx(exact, abs=1e-5)
 
 
+@pytest.mark.parametrize("case", ["mlp", "mlp-bn", "cnn1d", "lenet5", "resnet20", "resnet50"])
+def test_dz_from_the_weights_gradients_is_the_probes(case: str) -> None:
+    """Euler's theorem on each section's last parameters (``dz_from_weights``, what Trial uses)
+    gives the probe's <dL/d out, body(x)>, on every kind of built-in section."""
+    net = _build(case).train()
+    x, y = _batch(case)
+    z = torch.tensor([float(i % 3 != 1) for i in range(len(net.sections))], dtype=torch.float64)
+    got = {}
+    for from_weights in (False, True):
+        gates = GateController(net, SETTINGS, theta_lr=0.1, theta_init=0.6,
+                               dz_from_weights=from_weights)
+        assert gates.probed is not from_weights
+        draw = gates.set_draw(z)
+        net.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        got[from_weights] = gates.data_gradient(draw, loss, x, y)
+    assert got[False].abs().max() > 0  # something to compare
+    assert torch.allclose(got[True], got[False], rtol=1e-3, atol=1e-5 * got[False].abs().max())
+    assert (got[True][z == 0] == 0).all()
+
+
 def _gate_step(gates: GateController, data_grad: torch.Tensor, lr: float) -> None:
     """What ``Trial.step`` does after the weights' step, with a given data gradient."""
     grad = gates.gradient(data_grad)
