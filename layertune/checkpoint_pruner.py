@@ -10,9 +10,11 @@ anymore", seen in tests/test_faults.py). So Ray keeps every checkpoint and this 
 from __future__ import annotations
 
 import json
-import shutil
+import posixpath
+import sys
 from pathlib import Path
 
+import pyarrow.fs as pafs
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
@@ -28,74 +30,135 @@ class CheckpointPruner(Callback):
 
     Once a trial has ended and the saved state records it as ended (so a resume will not
     restore it), only its last checkpoint stays: it holds the trial's final network.
+
+    ``experiment`` is a path in ``filesystem`` (default: the local disk), so the rule is the
+    same in an object-storage bucket, where a checkpoint's time is that of its newest file.
     """
 
-    def __init__(self, experiment_dir: Path, margin_s: float = 10.0) -> None:
-        self.experiment_dir = Path(experiment_dir)
+    def __init__(self, experiment: str | Path, margin_s: float = 10.0,
+                 filesystem: pafs.FileSystem | None = None) -> None:
+        self.fs = filesystem or pafs.LocalFileSystem()
+        self.experiment = str(Path(experiment).resolve()) if filesystem is None \
+            else str(experiment)
         self.margin_s = margin_s
-        self.ended: dict[str, Path] = {}  # trial id -> folder, ended but not yet cut
-        self._read: tuple[float, set[str]] = (0.0, set())  # state mtime -> ended trial ids
+        self.ended: dict[str, str] = {}  # trial id -> folder, ended but not yet cut
+        # (mtime, size) of the state read last -> the trial ids it records as ended
+        self._read: tuple[tuple[float, int], set[str]] = ((0.0, 0), set())
 
-    def _newest_state(self) -> Path | None:
-        states = list(self.experiment_dir.glob("experiment_state-*.json"))
-        return max(states, key=lambda p: p.stat().st_mtime) if states else None
+    def _newest_state(self) -> tuple[str, float, int] | None:
+        """The newest ``experiment_state-*.json``: its path, mtime (s) and size."""
+        states = [(f.path, f.mtime.timestamp(), f.size) for f in _listing(self.fs, self.experiment)
+                  if f.base_name.startswith("experiment_state-") and f.base_name.endswith(".json")
+                  and f.mtime is not None]
+        return max(states, key=lambda s: s[1]) if states else None
 
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint,
                       **info) -> None:
         state = self._newest_state()
         if state is None:
             return
-        saved = state.stat().st_mtime - self.margin_s
-        written = checkpoints(Path(checkpoint.path).parent)
-        named = [i for i, p in enumerate(written) if p.stat().st_mtime < saved]
-        for old in written[:named[-1]] if named else []:
-            shutil.rmtree(old, ignore_errors=True)
+        saved = state[1] - self.margin_s
+        written = checkpoints(self.fs, posixpath.dirname(checkpoint.path.rstrip("/")))
+        named = [i for i, (_, mtime) in enumerate(written) if mtime < saved]
+        for old, _ in written[:named[-1]] if named else []:
+            _delete(self.fs, old)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info) -> None:
-        self.ended[trial.trial_id] = Path(trial.path)
+        self.ended[trial.trial_id] = trial.path
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
         if not self.ended:
             return
         for trial_id in self._ended_in_saved_state() & set(self.ended):
-            keep_last(self.ended.pop(trial_id))
+            keep_last(self.fs, self.ended.pop(trial_id))
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
-        self.on_step_end(0, trials)  # Tune saves the final state just before this call
+        # Tune saved the final state just before this call, with every checkpoint registered:
+        # it names no trial's checkpoint but the last. So every ended trial keeps only its last
+        # one now, even where that state still calls it running (it ended as the loop stopped)
+        # or this callback never heard of its end (it ended before a resume). Not while an
+        # error unwinds Tune's loop: then no final state was saved.
+        if sys.exc_info()[0] is not None:
+            return
+        for trial in trials:
+            if trial.status == "TERMINATED" and trial.path:
+                self.ended.setdefault(trial.trial_id, trial.path)
+        for folder in self.ended.values():
+            keep_last(self.fs, folder)
+        self.ended.clear()
 
     def _ended_in_saved_state(self) -> set[str]:
-        """Trial ids the newest saved state records as TERMINATED (read once per save)."""
+        """Trial ids the newest saved state records as TERMINATED (read once per save: a new
+        time or size)."""
         state = self._newest_state()
         if state is None:
             return set()
-        mtime = state.stat().st_mtime
-        if mtime != self._read[0]:
-            self._read = (mtime, terminated_trials(state))
+        path, mtime, size = state
+        if (mtime, size) != self._read[0]:
+            try:
+                with self.fs.open_input_stream(path) as f:
+                    text = f.read().decode()
+            except OSError:
+                return set()
+            self._read = ((mtime, size), terminated_trials(text))
         return self._read[1]
 
+    def __setstate__(self, state: dict) -> None:
+        # a sweep started before object storage was supported pickled a local Path
+        if "experiment_dir" in state:
+            state["experiment"] = str(state.pop("experiment_dir"))
+            state["fs"] = pafs.LocalFileSystem()
+            state["ended"] = {k: str(v) for k, v in state["ended"].items()}
+        self.__dict__.update(state)
 
-def terminated_trials(state: Path) -> set[str]:
-    """Ids of the trials an ``experiment_state-*.json`` of Ray 2.60 records as TERMINATED.
+
+def terminated_trials(state: str) -> set[str]:
+    """Ids of the trials an ``experiment_state-*.json`` of Ray 2.60 (its text) records as
+    TERMINATED.
 
     A file being written, or laid out otherwise, gives none: nothing is deleted on a guess.
     """
     try:
         ended = set()
-        for entry in json.loads(state.read_text())["trial_data"]:
+        for entry in json.loads(state)["trial_data"]:
             trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
             if trial["status"] == "TERMINATED":
                 ended.add(trial["trial_id"])
         return ended
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError):
         return set()
 
 
-def checkpoints(folder: Path) -> list[Path]:
-    """A trial's checkpoint folders, oldest first (by index)."""
-    return sorted(p for p in folder.glob("checkpoint_*") if p.is_dir())
+def checkpoints(fs: pafs.FileSystem, folder: str) -> list[tuple[str, float]]:
+    """A trial's checkpoint folders, oldest first (by index), each with the time it was
+    written: its newest file's mtime (a bucket keeps none for folders), else its own."""
+    written: dict[str, float] = {}
+    for f in _listing(fs, folder, recursive=True):
+        relative = f.path[len(folder.rstrip("/")) + 1:]
+        top = relative.split("/", 1)[0]
+        if top.startswith("checkpoint_") and (f.type == pafs.FileType.File or "/" not in
+                                              relative):
+            mtime = f.mtime.timestamp() if f.mtime is not None else float("-inf")
+            written[top] = max(written.get(top, float("-inf")), mtime)
+    return [(posixpath.join(folder, name), written[name]) for name in sorted(written)]
 
 
-def keep_last(folder: Path) -> None:
-    for old in checkpoints(folder)[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
+def keep_last(fs: pafs.FileSystem, folder: str) -> None:
+    for old, _ in checkpoints(fs, folder)[:-1]:
+        _delete(fs, old)
+
+
+def _listing(fs: pafs.FileSystem, folder: str, recursive: bool = False) -> list[pafs.FileInfo]:
+    try:
+        return fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True,
+                                                  recursive=recursive))
+    except OSError:
+        return []
+
+
+def _delete(fs: pafs.FileSystem, folder: str) -> None:
+    try:
+        fs.delete_dir(folder)
+    except OSError:
+        pass  # gone already, or the storage refused: the next call tries again

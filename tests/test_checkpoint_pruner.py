@@ -81,5 +81,26 @@ def test_an_unreadable_state_deletes_nothing(tmp_path):
     (tmp_path / "experiment_state-x.json").write_text('{"trial_data": [["{\\"trial_id')
     pruner = CheckpointPruner(tmp_path, margin_s=30)
     pruner.on_trial_complete(iteration=0, trials=[], trial=ended_trial(folders[0].parent, "a"))
-    pruner.on_experiment_end(trials=[])
+    pruner.on_step_end(iteration=1, trials=[])
+    assert all(f.exists() for f in folders)
+
+
+def test_at_the_end_every_ended_trial_keeps_its_last_whatever_the_state_says(tmp_path):
+    # Tune's final state is saved before its last trial is marked ended, and a resumed sweep's
+    # pruner never heard of the trials that ended before the stop; both are cut at the end
+    folders = make(tmp_path, [100, 60, 20, 15])
+    save_state(tmp_path, {"a": "RUNNING"})
+    ended = SimpleNamespace(trial_id="a", path=str(folders[0].parent), status="TERMINATED")
+    running = SimpleNamespace(trial_id="b", path=str(tmp_path / "trial_b"), status="RUNNING")
+    CheckpointPruner(tmp_path, margin_s=30).on_experiment_end(trials=[ended, running])
+    assert sorted(p.name for p in folders[0].parent.iterdir()) == [folders[-1].name]
+
+
+def test_nothing_is_cut_at_an_end_forced_by_an_error(tmp_path):
+    folders = make(tmp_path, [100, 60, 20, 15])
+    ended = SimpleNamespace(trial_id="a", path=str(folders[0].parent), status="TERMINATED")
+    try:
+        raise RuntimeError("Tune's loop failed: it saves no final state")
+    except RuntimeError:
+        CheckpointPruner(tmp_path, margin_s=30).on_experiment_end(trials=[ended])
     assert all(f.exists() for f in folders)
