@@ -28,6 +28,7 @@ from ray_record import ray_reports
 from sweep_files import digits_trial, prior_weight_space
 from test_faults import finish, kill_group, start, wait_for
 
+from layertune.config import ConfigError
 from layertune.search import open_storage
 from layertune.sweep import plan_sweep, run_sweep
 from layertune.sweep.storage import DRIVER_FILES, SweepStorage
@@ -85,20 +86,35 @@ def test_bad_object_storage_is_one_line_before_ray_starts(s3, tmp_path):
     trial, space = tmp_path / "trial.yaml", tmp_path / "space.yaml"
     trial.write_text(digits_trial(2))
     space.write_text(SPACE)
-    cases = {
-        ("--storage", "s3://no-such-bucket/x"): "--storage s3://no-such-bucket/x: no bucket",
-        ("--storage", "hdfs://host/x"): "allowed: a folder, s3://BUCKET/PREFIX",
-        ("--storage", str(tmp_path / "local"), "--work-dir", str(tmp_path / "w")):
-            "--work-dir",
-    }
-    for flags, message in cases.items():
-        done = subprocess.run([sys.executable, "-m", "layertune.cli", "sweep", str(trial),
-                               "--space", str(space), "--name", "b", *flags],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], done.stderr
+    done = subprocess.run([sys.executable, "-m", "layertune.cli", "sweep", str(trial), "--space",
+                           str(space), "--name", "b", "--storage", "s3://no-such-bucket/x"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: --storage s3://no-such-bucket/x: no bucket 'no-such-bucket' there (create it "
+        "first; use s3://BUCKET/PREFIX or gs://BUCKET/PREFIX)"]
+    with pytest.raises(ConfigError, match="allowed: a folder, s3://BUCKET/PREFIX"):
+        plan_sweep(trial, space, name="b", storage="hdfs://host/x")
+    with pytest.raises(ConfigError, match="--work-dir .*: only with --storage s3://"):
+        plan_sweep(trial, space, name="b", storage=tmp_path / "local", work_dir=tmp_path / "w")
     assert not (tmp_path / "local").exists() and not (tmp_path / "w").exists()
+
+
+def test_a_resume_must_use_the_working_folder_the_sweep_started_with(s3, tmp_path):
+    (tmp_path / "trial.yaml").write_text(digits_trial(2))
+    (tmp_path / "space.yaml").write_text(SPACE)
+    inputs = (tmp_path / "trial.yaml", tmp_path / "space.yaml")
+    started = plan_sweep(*inputs, name="r", storage=f"{s3}/r", work_dir=tmp_path / "a")
+    with started.storage.fs.open_output_stream(started.storage.path("sweep.json")) as f:
+        f.write(json.dumps(started.record()).encode())
+    with started.storage.fs.open_output_stream(started.storage.path("tune", "tuner.pkl")) as f:
+        f.write(b"a sweep was started here")
+    with pytest.raises(ConfigError, match="a sweep already exists in s3://sweeps/r"):
+        plan_sweep(*inputs, name="r", storage=f"{s3}/r", work_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match=f"--work-dir {tmp_path / 'b'} differs"):
+        plan_sweep(*inputs, name="r", storage=f"{s3}/r", work_dir=tmp_path / "b", resume=True)
+    assert plan_sweep(*inputs, name="r", storage=f"{s3}/r", work_dir=tmp_path / "a",
+                      resume=True).folder == tmp_path / "a"
 
 
 EPOCHS, SAMPLES = 60, 3
