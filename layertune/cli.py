@@ -7,9 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from .config import ConfigError, load_trial, parse_set
+from .config import ConfigError, TrialConfig, load_trial, parse_set
+from .workers import Workers, add_worker_arguments, check_batch, worker_spec
+
+if TYPE_CHECKING:
+    from .train import TrialResult
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +36,6 @@ def _print_epoch(metrics: dict, epochs: int) -> None:
 
 def train_command(args: argparse.Namespace) -> int:
     from .data import DataError
-    from .export import save_compact
     from .formats import check_format
     from .progress import EpochProgress
     from .train import TrialDiverged, run_trial
@@ -50,7 +53,16 @@ def train_command(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--out {out}: cannot create folder ({err.strerror})") from None
+    workers = worker_spec(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker,
+                          cpus_per_trial=1.0, gpus_per_trial=0.0, max_failures=args.max_failures)
+    if workers is not None:
+        check_batch(config, workers.count, args.trial)
+        if config.device.startswith("cuda") and not workers.gpus:
+            raise ConfigError(f"{args.trial}: device: {config.device} needs --gpus-per-worker > 0"
+                              " (or device: auto)")
     print(f"layertune train {args.trial} -> {out}", flush=True)
+    if workers is not None:
+        return _train_on_workers(config, workers, out, args.format)
     try:
         result = run_trial(config, lambda m, _: _print_epoch(m, config.epochs),
                            progress=EpochProgress(every=args.progress_every))
@@ -59,21 +71,62 @@ def train_command(args: argparse.Namespace) -> int:
     except TrialDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if result.note:
-        print(result.note)
+    print("\n".join(_write_train_result(result, out, args.format)))
+    return 0
+
+
+def _write_train_result(result: TrialResult, out: Path, fmt: str) -> list[str]:
+    """result.json and the compact network into ``out``; the lines that say what was kept."""
+    from .export import save_compact
+
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2))
-    paths = save_compact(result.model, result.keep, out / "model", args.format)
+    paths = save_compact(result.model, result.keep, out / "model", fmt)
     f = result.final
     pruned = ", ".join(f"{i} (epoch {e})" for i, e in sorted(result.pruned_at.items())) or "none"
-    print(f"kept {f['active_layers']}/{f['total_layers']} sections; removed: {pruned}")
+    lines = [result.note] if result.note else []
+    lines.append(f"kept {f['active_layers']}/{f['total_layers']} sections; removed: {pruned}")
     if result.decided:
         decided = ", ".join(f"{i} ({t:.8g} -> {f['theta'][i]:g})"
                             for i, t in sorted(result.decided.items()))
-        print(f"gates still inside (0, 1) after the last epoch, set to the vertex where the "
-              f"objective is lower: {decided}")
+        lines.append("gates still inside (0, 1) after the last epoch, set to the vertex where "
+                     f"the objective is lower: {decided}")
     if result.test:
-        print(f"test accuracy {result.test['accuracy']:.4f}")
-    print(f"wrote {out / 'result.json'} and {paths['network']} ({args.format})")
+        lines.append(f"test accuracy {result.test['accuracy']:.4f}")
+    lines.append(f"wrote {out / 'result.json'} and {paths['network']} ({fmt})")
+    return lines
+
+
+def _print_train_result(result: TrialResult, out: Path, fmt: str) -> None:
+    print("\n".join(_write_train_result(result, out, fmt)), flush=True)
+
+
+def _train_on_workers(config: TrialConfig, workers: Workers, out: Path, fmt: str) -> int:
+    """``layertune train --workers-per-trial K``: a Ray Train run on the local Ray (or the one
+    RAY_ADDRESS names); rank 0 prints the epochs and writes ``out``. Its checkpoints (for
+    retries of a lost worker) live in a temporary folder."""
+    import functools
+    import logging
+    import os
+    import tempfile
+
+    import ray
+    from ray.train import TrainingFailedError
+
+    from .workers import run_on_workers
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker lines printed once
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    with tempfile.TemporaryDirectory(prefix="layertune-train-") as storage:
+        diverged = Path(storage, "diverged.txt")
+        try:
+            run_on_workers(config, workers, storage, diverged=diverged,
+                           on_epoch=functools.partial(_print_epoch, epochs=config.epochs),
+                           on_result=functools.partial(_print_train_result, out=out, fmt=fmt))
+        except TrainingFailedError as err:
+            print(f"error: {diverged.read_text() if diverged.exists() else err}",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
@@ -296,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                    help="epochs longer than 5 s show their progress: a bar on a terminal, "
                    "else a line every SECONDS (default 30)")
+    add_worker_arguments(t)
+    t.add_argument("--max-failures", type=int, default=2, metavar="F",
+                   help="with --workers-per-trial > 1: restarts of the workers after one "
+                   "died, from the last epoch's checkpoint (default 2)")
     _add_format_argument(t)
     t.set_defaults(func=train_command)
     from .sweep import add_sweep_arguments, sweep_command

@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 
 from ..config import ConfigError
+from ..workers import add_worker_arguments
 from .plan import SCHEDULERS, SweepOptions, plan_sweep
 from .result import summary
 from .run import run_sweep
@@ -43,6 +44,7 @@ def add_resource_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI: an MLflow server "
                         "(http://host:port) or a database (default sqlite:///<sweep folder>/"
                         "mlflow.db); 'none' records nothing")
+    add_worker_arguments(parser)
     parser.add_argument("--max-failures", type=int, default=2, metavar="F",
                         help="retries of a trial whose worker or node died, from its last "
                         "checkpoint (default 2)")

@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from ..config import ConfigError
+from ..workers import Workers
 from .plan import SweepPlan
 
 
@@ -77,7 +78,10 @@ def check_resources(plan: SweepPlan, nodes: list[dict] | None = None) -> None:
     ``nodes``: the alive nodes' resource dicts (default: asked of the running Ray).
     """
     if nodes is None:
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        nodes = _alive_nodes()
+    if plan.options.workers is not None:
+        _check_workers(plan.options.workers, nodes)
+        return
     cpus, gpus = plan.options.cpus_per_trial, plan.options.gpus_per_trial
     if gpus > 0 and sum(n.get("GPU", 0) for n in nodes) == 0:
         raise ConfigError(f"--gpus-per-trial {gpus:g}: the Ray cluster has no "
@@ -118,3 +122,35 @@ def resources_text() -> str:
     """What the running Ray has, e.g. ``8 CPU, 1 GPU``."""
     r = ray.cluster_resources()
     return f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU"
+
+
+def _alive_nodes() -> list[dict]:
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def _worker_slots(workers: Workers, nodes: list[dict]) -> int:
+    """How many workers of ``workers``' size the nodes hold at once."""
+    need = {"CPU": workers.cpus, "GPU": workers.gpus}
+    return sum(min(int(n.get(k, 0) // v) for k, v in need.items() if v > 0) for n in nodes)
+
+
+def _check_workers(workers: Workers, nodes: list[dict]) -> None:
+    """A trial's K workers must fit the cluster together (Ray Train starts all or none)."""
+    slots = _worker_slots(workers, nodes)
+    if slots < workers.count:
+        raise ConfigError(
+            f"--workers-per-trial {workers.count} --cpus-per-worker {workers.cpus:g} "
+            f"--gpus-per-worker {workers.gpus:g}: the Ray cluster holds {slots} such workers "
+            f"at once ({sum(n.get('CPU', 0) for n in nodes):g} CPU, "
+            f"{sum(n.get('GPU', 0) for n in nodes):g} GPU in all)")
+
+
+def max_concurrent(plan: SweepPlan, nodes: list[dict] | None = None) -> int | None:
+    """``--max-concurrent``, or for trials on Ray Train workers as many as the cluster holds
+    at once: every Tune trial that starts launches a Ray Train run, and one that cannot get
+    its workers only waits (Ray's advice, docs/cluster.md)."""
+    workers = plan.options.workers
+    if plan.options.max_concurrent is not None or workers is None:
+        return plan.options.max_concurrent
+    return max(1, _worker_slots(workers, _alive_nodes() if nodes is None else nodes)
+               // workers.count)

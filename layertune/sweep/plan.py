@@ -15,6 +15,7 @@ from typing import Any
 from ..config import ConfigError, DataConfig, TrialConfig, load_trial
 from ..space import SearchSpace, check_parameters, load_space
 from ..tracking import resolve_uri
+from ..workers import Workers, check_batch, worker_spec
 
 SCHEDULERS = ("gate-collapse", "asha", "fifo")
 RECORD = "sweep.json"  # in the sweep folder: what fixes its trials (``SweepPlan.record``)
@@ -43,6 +44,9 @@ class SweepOptions:
     overrides: dict[str, Any] | None = None
     resume: bool = False
     max_failures: int = 2
+    workers_per_trial: int = 1
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
 
     def __post_init__(self) -> None:
         if self.resume and not self.name:
@@ -59,10 +63,18 @@ class SweepOptions:
             raise ConfigError(f"--gpus-per-trial {gpus}: must be >= 0 (e.g. 0.25)")
         if gpus > 1 and gpus != int(gpus):
             raise ConfigError(f"--gpus-per-trial {gpus}: above 1 it must be whole")
+        self.workers  # noqa: B018 (checks the worker flags)
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ConfigError(f"--max-concurrent {self.max_concurrent}: must be at least 1")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler}: allowed: {', '.join(SCHEDULERS)}")
+
+    @property
+    def workers(self) -> Workers | None:
+        """A trial's Ray Train workers (``--workers-per-trial`` > 1), or None: one process."""
+        return worker_spec(self.workers_per_trial, self.cpus_per_worker, self.gpus_per_worker,
+                           cpus_per_trial=self.cpus_per_trial,
+                           gpus_per_trial=self.gpus_per_trial, max_failures=self.max_failures)
 
     def sweep_name(self, trial_path: str | Path, space_path: str | Path) -> str:
         """``name``, by default TRIAL-SPACE-time; a name is also a folder name."""
@@ -143,9 +155,14 @@ def _load_input(trial_path: str | Path, space_path: str | Path,
     if isinstance(trial.data, DataConfig) and trial.data.root:  # trials run in their own folder
         trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
                                      source=str(trial_path))
-    if trial.device.startswith("cuda") and options.gpus_per_trial == 0:
-        raise ConfigError(f"{trial_path}: device: {trial.device} needs --gpus-per-trial > 0 "
+    workers = options.workers
+    gpus, flag = (workers.gpus, "--gpus-per-worker") if workers else \
+        (options.gpus_per_trial, "--gpus-per-trial")
+    if trial.device.startswith("cuda") and gpus == 0:
+        raise ConfigError(f"{trial_path}: device: {trial.device} needs {flag} > 0 "
                           "(or device: auto)")
+    if workers:
+        check_batch(trial, workers.count, str(trial_path))
     return trial, space
 
 

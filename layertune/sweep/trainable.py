@@ -11,6 +11,7 @@ from ray import tune
 
 from ..comparison import SECTIONS
 from ..config import TrialConfig
+from ..workers import DRIVER_RESOURCES, Workers
 from .plan import SweepPlan
 
 if TYPE_CHECKING:
@@ -19,13 +20,18 @@ if TYPE_CHECKING:
 
 # The name ``_train`` is the trainable's name in Tune's saved experiment: a resumed sweep must
 # hand Tune a trainable of the same name, so it stays as sweeps were started with it.
-def _train(config: dict, base: dict, threads: int, export: bool = True) -> None:
+def _train(config: dict, base: dict, threads: int, export: bool = True,
+           workers: Workers | None = None) -> None:
     """One Tune trial: the trial config with the searcher's dotted-key overrides applied.
 
     With ``export`` the last epoch's checkpoint also holds the compact network and the trial
     config (``export.save_bundle``): the driver's MLflow record copies it from there, which
-    works across nodes because checkpoints are persisted to the sweep's storage.
+    works across nodes because checkpoints are persisted to the sweep's storage. ``workers``:
+    the trial runs on Ray Train workers (``_train_on_workers``).
     """
+    if workers is not None:
+        _train_on_workers(config, base, workers, export)
+        return
     import torch
 
     from ..export import save_bundle
@@ -63,24 +69,53 @@ def _train(config: dict, base: dict, threads: int, export: bool = True) -> None:
         raise
 
 
-def _train_depth(config: dict, base: dict, threads: int, export: bool = True) -> None:
+def _train_on_workers(config: dict, base: dict, workers: Workers, export: bool) -> None:
+    """A trial on Ray Train workers (docs/cluster.md): this Tune trial only drives a
+    ``TorchTrainer``; rank 0's reports reach Tune through Ray's ``TuneReportCallback``, with
+    the path of Ray Train's checkpoint (in ``trial_ID/train/``) as ``checkpoint_path``. A
+    retried trial resumes Ray Train's run from that folder."""
+    from ray.train import TrainingFailedError
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ..train import TrialDiverged
+    from ..workers import run_on_workers
+
+    trial_config = TrialConfig.model_validate(base).with_overrides(config, source="sweep")
+    folder = Path(tune.get_context().get_trial_dir())
+    diverged = folder / "diverged.txt"
+    if diverged.exists():
+        raise TrialDiverged(diverged.read_text())
+    try:
+        run_on_workers(trial_config, workers, folder, callbacks=[TuneReportCallback()],
+                       export=export, diverged=diverged)
+    except TrainingFailedError:
+        if diverged.exists():  # one clear error rather than Ray Train's
+            raise TrialDiverged(diverged.read_text()) from None
+        raise
+
+
+def _train_depth(config: dict, base: dict, threads: int, export: bool = True,
+                 workers: Workers | None = None) -> None:
     """One network of the from-scratch grid (``layertune baseline``): ``config["sections"]``
     picks the grid point of the trial config ``base`` (``baseline.depth_grid``)."""
     from ..baseline import depth_grid
 
     grid = {p.sections: p.config for p in depth_grid(TrialConfig.model_validate(base))}
-    _train({}, grid[config[SECTIONS]].model_dump(mode="json"), threads, export)
+    _train({}, grid[config[SECTIONS]].model_dump(mode="json"), threads, export, workers)
 
 
 def make_trainable(plan: SweepPlan | BaselinePlan, fn: Callable[..., None] = _train) -> Any:
     """``fn`` (``_train``, or ``_train_depth`` for a baseline) with the plan's trial config
     bound and one trial's resources attached; torch gets a thread per whole CPU (at least
-    one), and the bundle is exported only for an MLflow record to copy."""
+    one), and the bundle is exported only for an MLflow record to copy. A trial on Ray Train
+    workers holds no CPU itself; its workers ask for theirs when they start."""
     cpus, gpus = plan.options.cpus_per_trial, plan.options.gpus_per_trial
+    workers = plan.options.workers
     return tune.with_resources(
         tune.with_parameters(fn, base=plan.trial.model_dump(mode="json"),
-                             threads=max(1, int(cpus)), export=plan.tracking_uri is not None),
-        {"cpu": cpus, "gpu": gpus},
+                             threads=max(1, int(cpus)), export=plan.tracking_uri is not None,
+                             workers=workers),
+        DRIVER_RESOURCES if workers else {"cpu": cpus, "gpu": gpus},
     )
 
 

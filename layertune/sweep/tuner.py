@@ -14,6 +14,7 @@ from ..scheduler import GateCollapseScheduler, RecordingASHA, StopReasonCallback
 from ..search import SweepSearch
 from ..space import CollapseSettings, DefineByRun, make_sampler, max_epochs
 from ..tracking import SweepRecorder
+from .cluster import max_concurrent
 from .monitor import SweepMonitor
 from .plan import SweepPlan, chance_accuracy
 from .trainable import make_trainable, trial_dirname
@@ -85,10 +86,11 @@ def new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
         make_trainable(plan),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=options.samples,
-            max_concurrent_trials=options.max_concurrent, trial_dirname_creator=trial_dirname,
+            max_concurrent_trials=max_concurrent(plan), trial_dirname_creator=trial_dirname,
             # a trial's worker process goes on to the next trial instead of a new process
-            # importing torch again: 12 short digits trials took 21 s instead of 51 s
-            reuse_actors=True,
+            # importing torch again: 12 short digits trials took 21 s instead of 51 s (a trial
+            # on Ray Train workers only drives them: nothing to reuse)
+            reuse_actors=options.workers is None,
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(plan.folder), verbose=0,

@@ -193,7 +193,7 @@ class TrialRuns:
     def _log_model(self, trial: Any, run_id: str, dest: Path, last: dict) -> str:
         """The export bundle copied into ``dest`` (logged with the run's other files) and the
         network logged as the run's MLflow model; its URI, or ``missing``."""
-        if not copy_model(trial.checkpoint, dest):
+        if not copy_model(trial.checkpoint or _train_checkpoint(trial), dest):
             return "missing"
         step = int(last.get("epoch") or 0)
         uri = log_model(self.sweep.client, self.sweep.experiment_id, run_id, dest / MLFLOW_MODEL,
@@ -268,3 +268,13 @@ def _error_text(trial: Any) -> str:
     except OSError:
         text = ""
     return text.strip() or "the trial failed (Ray wrote no error file)"
+
+
+def _train_checkpoint(trial: Any) -> Any:
+    """The last checkpoint of a trial on Ray Train workers: Tune holds none, Ray's
+    ``TuneReportCallback`` reports its path (``layertune.workers``)."""
+    from ray.tune import Checkpoint
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    path = (trial.last_result or {}).get(CHECKPOINT_PATH_KEY)
+    return Checkpoint(path) if path else None
