@@ -49,18 +49,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _pass(fn, batches, device) -> float:
+    """Seconds per call over one pass of ``batches``."""
+    _sync(device)
+    start = time.perf_counter()
+    for x, y in batches:
+        fn(x, y)
+    _sync(device)
+    return (time.perf_counter() - start) / len(batches)
+
+
 def _timed(fn, batches, device, repeats: int) -> float:
     """Median seconds per call over ``repeats`` passes of ``batches`` (after one warm-up)."""
-    times = []
-    for r in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        for x, y in batches:
-            fn(x, y)
-        _sync(device)
-        if r:
-            times.append((time.perf_counter() - start) / len(batches))
-    return median(times)
+    _pass(fn, batches, device)
+    return median(_pass(fn, batches, device) for _ in range(repeats))
+
+
+def _paired(gated, plain, batches, device, repeats: int) -> tuple[float, float, float]:
+    """Median seconds per step of each, passes alternated so that both see the same load
+    (the machine may be shared), and the median of the per-pair ratios."""
+    _pass(gated, batches, device), _pass(plain, batches, device)  # warm-up
+    pairs = [(_pass(gated, batches, device), _pass(plain, batches, device))
+             for _ in range(repeats)]
+    return (median(g for g, _ in pairs), median(p for _, p in pairs),
+            median(g / p for g, p in pairs))
 
 
 def x_dims(batches: list) -> int:
@@ -95,8 +107,7 @@ def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int
         plain_schedule.step()
 
     trial.model.train()
-    gated = _timed(trial.step, batches, dev, repeats)
-    base = _timed(plain_step, batches, dev, repeats)
+    gated, base, ratio = _paired(trial.step, plain_step, batches, dev, repeats)
     keep = [i % 2 == 0 for i in range(len(trial.model.sections))]
     full = compact(trial.model, [True] * len(keep)).to(dev)
     small = compact(trial.model, keep).to(dev)
@@ -111,7 +122,7 @@ def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int
             "half_batch_ms": 1e3 * _timed(lambda x, y: small(xb), few, dev, repeats),
         }
     row = {"case": name, "device": str(dev), "gated_step_ms": 1e3 * gated,
-           "plain_step_ms": 1e3 * base, "step_ratio": gated / base, **lat,
+           "plain_step_ms": 1e3 * base, "step_ratio": ratio, **lat,
            "inference_ratio_batch": lat["half_batch_ms"] / lat["full_batch_ms"]}
     print(json.dumps(row), flush=True)
     return row
@@ -121,12 +132,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5, help="alternated pairs of passes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU "
                         "(0: torch's default)")
     args = parser.parse_args()
     if args.device == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    rows = [measure(name, f, o, args.device, args.steps) for name, (f, o) in CASES.items()]
+    rows = [measure(name, f, o, args.device, args.steps, args.repeats)
+            for name, (f, o) in CASES.items()]
     threads = torch.get_num_threads()
     where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
              else f"{platform.processor() or 'CPU'}, {threads} torch thread"
@@ -148,8 +161,9 @@ def main() -> None:
     write_section(key, (
         f"## Gate overhead and compact inference ({where})\n\n"
         f"`.venv/bin/python benchmarks/overhead.py --device {args.device} --threads "
-        f"{args.threads}`; torch {torch.__version__}; median of 3 passes over {args.steps} steps. "
-        "The gated step includes sampling, the dL/dz probe, the prior step and the gate update; "
+        f"{args.threads}`; torch {torch.__version__}; {args.repeats} alternated pairs of passes "
+        f"over {args.steps} steps (medians; the ratio is the median of the pairs' ratios). "
+        "The gated step includes sampling, dL/dz, the prior step and the gate update; "
         "both steps include the learning-rate schedule's step.\n\n" + table + "\n"))
 
 

@@ -28,7 +28,8 @@ from .transfer import to_device
 @dataclass
 class GateDraw:
     """One minibatch's gates: ``z`` (set on the network), the probe whose gradient collects
-    dL/dz and the importance weights ``z / theta`` on the device (None: exact estimator)."""
+    dL/dz (None when it comes from the weights' gradients, or for the exact estimator) and the
+    importance weights ``z / theta`` on the device (None: exact estimator)."""
 
     z: list[float]
     probe: Tensor | None

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_benchmark_runs_on_cpu_quick(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--quick",
-         "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+         "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=580)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu-cpu-quick.json").read_text())
     steps = {r["case"].split(" ")[0]: r for r in result["steps"]}
