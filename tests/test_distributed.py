@@ -81,6 +81,24 @@ def test_each_rank_takes_its_share_of_every_minibatch() -> None:
     assert [s.seen for s in shards] == [4, 2, 2]
 
 
+def test_a_streamed_data_set_is_split_by_distributed_sampler() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from layertune.data import DataBundle
+    from layertune.distributed import shard_bundle
+
+    def loader(shuffle: bool) -> DataLoader:  # as ImageNet's: streamed, the global batch
+        return DataLoader(TensorDataset(torch.arange(12.0), torch.arange(12)), batch_size=4,
+                          shuffle=shuffle)
+
+    bundle = DataBundle(loader(True), loader(False), None, (1,), 12, 12)
+    ranks = [shard_bundle(bundle, r, 2, seed=0) for r in (0, 1)]
+    train = [[y.tolist() for _, y in b.train] for b in ranks]
+    assert all(len(t) == 3 and all(len(y) == 2 for y in t) for t in train)  # 4 = 2 x 2
+    assert sorted(sum(train[0] + train[1], [])) == list(range(12))  # disjoint, all of it
+    assert ranks[0].test is None and ranks[0].num_train == 12
+
+
 def test_the_gate_seed_depends_on_trial_seed_and_step_only() -> None:
     assert step_seed(0, 5) == step_seed(0, 5) != step_seed(0, 6) != step_seed(1, 5)
     assert 0 <= step_seed(2**40, 2**40) < 2**63

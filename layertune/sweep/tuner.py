@@ -83,6 +83,9 @@ def new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
                 "max_concurrent": options.max_concurrent, "max_failures": options.max_failures,
             })
     tuner = tune.Tuner(
+                "workers_per_trial": options.workers_per_trial,
+                **({"cpus_per_worker": options.workers.cpus,
+                    "gpus_per_worker": options.workers.gpus} if options.workers else {}),
         make_trainable(plan),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=options.samples,
