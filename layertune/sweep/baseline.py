@@ -35,10 +35,11 @@ from ..comparison import BASELINE_FILE, SECTIONS, Baseline, config_digest, load_
 from ..config import ConfigError, TrialConfig, load_trial
 from ..front import format_table, hypervolume
 from ..tracking import BASELINE_GROUP, BASELINE_KIND, SweepRecorder, resolve_uri
-from .cluster import check_resources, resources_text, start_ray
+from .cluster import check_resources, multi_node_warnings, resources_text, start_ray
 from .monitor import SweepMonitor
 from .plan import RECORD, SweepOptions, trial_chance
 from .run import _quiet
+from .storage import SweepStorage
 from .trainable import _train_depth, make_trainable, trial_dirname
 
 OBJECTIVES = [("val_accuracy", "max"), ("active_layers", "min")]
@@ -61,6 +62,11 @@ class BaselinePlan:
     existing: Baseline | None  # the baseline already in its folder: reused
     # for ``start_ray``: the grid exists for built-in models only, no user code to ship
     py_modules: list[str] = field(default_factory=list)
+
+    @property
+    def storage(self) -> SweepStorage:
+        """Where Ray's files go (``multi_node_warnings``): the local folder."""
+        return SweepStorage.at(self.folder)
 
     @property
     def reference(self) -> list[float]:
@@ -124,6 +130,8 @@ def run_baseline(plan: BaselinePlan, *, live: bool = True) -> Baseline | None:
     started = start_ray(plan)
     try:
         check_resources(plan)
+        for line in multi_node_warnings(plan):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         plan.folder.mkdir(parents=True, exist_ok=True)
         # an earlier interrupted (or, with --recompute, finished) run of this baseline
         shutil.rmtree(plan.folder / "tune", ignore_errors=True)
