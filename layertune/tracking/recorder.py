@@ -32,7 +32,8 @@ class SweepRecorder(tune.Callback):
     ``numbers`` maps a Ray trial id to its Optuna trial number (``SweepSearch.optuna_number``).
     ``kinds``: the ``KIND`` tags of the parent run and of its children (a sweep and its trials,
     or a baseline's group and its depths); ``reference``: the hypervolume reference, when it is
-    known before the first report.
+    known before the first report; ``artifacts``: where a database's artifacts go (default
+    the folder's ``mlflow-artifacts``; a bucket's URI with object storage).
     """
 
     def __init__(self, uri: str, name: str, folder: str | Path, *,
@@ -40,7 +41,7 @@ class SweepRecorder(tune.Callback):
                  parameters: Sequence[str] = (), files: Sequence[str | Path] = (),
                  trial_config: dict | None = None, params: dict[str, Any] | None = None,
                  command: str | None = None, kinds: tuple[str, str] = (SWEEP_KIND, TRIAL_KIND),
-                 reference: Sequence[float] | None = None) -> None:
+                 reference: Sequence[float] | None = None, artifacts: str | None = None) -> None:
         self.settings = SweepSettings(
             uri=uri, name=name, folder=Path(folder).resolve(),
             objectives=[(str(m), str(d)) for m, d in objectives], parameters=list(parameters),
@@ -48,7 +49,8 @@ class SweepRecorder(tune.Callback):
             trial_config=trial_config or {}, params=dict(params or {}),
             command=command or " ".join(shlex.quote(a) for a in sys.argv),
             kind=kinds[0], trial_kind=kinds[1],
-            reference=[float(r) for r in reference] if reference is not None else None)
+            reference=[float(r) for r in reference] if reference is not None else None,
+            artifacts=artifacts)
         self.numbers: Callable[[str], int | None] | None = None
         self._reset()
 

@@ -64,6 +64,7 @@ class SweepSettings:
     kind: str = SWEEP_KIND  # the parent run's KIND tag: a sweep, or a baseline's group
     trial_kind: str = TRIAL_KIND  # its children's
     reference: list[float] | None = None  # the hypervolume reference, if known at the start
+    artifacts: str | None = None  # where a database's artifacts go (default: folder)
 
 
 class SweepRun:
@@ -92,8 +93,10 @@ class SweepRun:
         try:
             exp = client.get_experiment_by_name(s.name)
             if exp is None:
-                # a database keeps no artifacts: they go to the sweep folder (a server has its own)
-                location = None if is_server(s.uri) else (s.folder / "mlflow-artifacts").as_uri()
+                # a database keeps no artifacts: they go to the sweep folder, or with object
+                # storage to the bucket (a server has its own)
+                location = None if is_server(s.uri) else \
+                    s.artifacts or (s.folder / "mlflow-artifacts").as_uri()
                 self.experiment_id = client.create_experiment(
                     s.name, artifact_location=location, tags={KIND: s.kind, **EXPERIMENT_KIND})
             elif exp.lifecycle_stage == "deleted":
