@@ -20,7 +20,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", required=True, help="search-space YAML (see search_spaces/)")
     parser.add_argument("--samples", type=int, default=16, help="trials to run (default 16)")
     parser.add_argument("--name", help="sweep and Optuna study name (default TRIAL-SPACE-time)")
-    parser.add_argument("--storage", help="sweep folder (default ./layertune-runs/NAME)")
+    parser.add_argument("--storage", help="sweep folder (default ./layertune-runs/NAME), or "
+                        "object storage s3://BUCKET/PREFIX or gs://BUCKET/PREFIX for Ray's files "
+                        "(credentials from the standard environment variables)")
+    parser.add_argument("--work-dir", metavar="DIR", help="with object storage: the driver's "
+                        "local folder (Optuna study, MLflow database, front; copied to the "
+                        "bucket as well; default ./layertune-runs/NAME)")
     add_resource_arguments(parser)
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="gate-collapse",
                         help="early stopping (default gate-collapse)")
@@ -64,7 +69,8 @@ def sweep_command(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"\nsweep {plan.name} interrupted; everything so far is kept in {plan.folder}."
               f"\ncontinue it with: layertune sweep {plan.trial_path} --space "
-              f"{plan.space_path} --name {plan.name} --storage {plan.folder} --resume",
+              f"{plan.space_path} --name {plan.name} --storage {plan.storage.uri}"
+              + (f" --work-dir {plan.folder}" if plan.storage.remote else "") + " --resume",
               flush=True)
         return 130
     print(summary(result), flush=True)

@@ -32,7 +32,8 @@ def start_ray(plan: SweepPlan) -> bool:
     if plan.py_modules:  # the user's factory modules, importable in every worker of the job
         kwargs["runtime_env"] = {"py_modules": plan.py_modules}
     try:
-        ray.init(address=given, **kwargs)
+        # "local": a Ray of its own, never a cluster that happens to run on this machine
+        ray.init(address=given or (None if address else "local"), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         # Ray picks up its auth token for "auto" only; a host:port needs RAY_AUTH_MODE=token
@@ -107,9 +108,11 @@ def multi_node_warnings(plan: SweepPlan, nodes: int | None = None) -> list[str]:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     if nodes < 2:
         return []
-    lines = [f"the Ray cluster has {nodes} nodes: the sweep folder {plan.folder} must be "
-             "shared storage every node mounts at that path (NFS or similar); on a node-local "
-             "disk, trials on other nodes cannot save or restore checkpoints"]
+    lines = [] if plan.storage.remote else [
+        f"the Ray cluster has {nodes} nodes: the sweep folder {plan.folder} must be shared "
+        "storage every node mounts at that path (NFS or similar), or use --storage "
+        "s3://BUCKET/PREFIX; on a node-local disk, trials on other nodes cannot save or "
+        "restore checkpoints"]
     uri = plan.tracking_uri  # None: tracking is off
     if uri is not None and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
         lines.append(f"the MLflow record ({plan.tracking_uri or 'sqlite in the sweep folder'})"

@@ -16,6 +16,7 @@ from ..config import ConfigError, DataConfig, TrialConfig, load_trial
 from ..space import SearchSpace, check_parameters, load_space
 from ..tracking import resolve_uri
 from ..workers import Workers, check_batch, worker_spec
+from .storage import SweepStorage, is_remote
 
 SCHEDULERS = ("gate-collapse", "asha", "fifo")
 RECORD = "sweep.json"  # in the sweep folder: what fixes its trials (``SweepPlan.record``)
@@ -34,6 +35,7 @@ class SweepOptions:
     samples: int = 16
     name: str | None = None
     storage: str | Path | None = None
+    work_dir: str | Path | None = None
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -68,6 +70,13 @@ class SweepOptions:
             raise ConfigError(f"--max-concurrent {self.max_concurrent}: must be at least 1")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler}: allowed: {', '.join(SCHEDULERS)}")
+        if self.storage is not None and "://" in str(self.storage) and \
+                not is_remote(self.storage):
+            raise ConfigError(f"--storage {self.storage}: allowed: a folder, s3://BUCKET/PREFIX "
+                              "or gs://BUCKET/PREFIX")
+        if self.work_dir is not None and not is_remote(self.storage):
+            raise ConfigError(f"--work-dir {self.work_dir}: only with --storage s3://... or "
+                              "gs://... (a local --storage is itself the working folder)")
 
     @property
     def workers(self) -> Workers | None:
@@ -87,15 +96,18 @@ class SweepOptions:
         return name
 
     def sweep_folder(self, name: str) -> Path:
-        """``storage``, by default ./layertune-runs/NAME, absolute; it (or the nearest folder
-        above it that exists) must be a writable folder."""
-        folder = Path(self.storage) if self.storage else Path("layertune-runs") / name
+        """The local sweep folder, absolute: ``storage``, or with object storage ``work_dir``;
+        by default ./layertune-runs/NAME. It (or the nearest folder above it that exists) must
+        be a writable folder."""
+        flag, given = ("--work-dir", self.work_dir) if is_remote(self.storage) else \
+            ("--storage", self.storage)
+        folder = Path(given) if given else Path("layertune-runs") / name
         folder = folder.expanduser().resolve()
         if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"--storage {folder}: exists and is not a folder")
+            raise ConfigError(f"{flag} {folder}: exists and is not a folder")
         existing = next(p for p in (folder, *folder.parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"--storage {folder}: {existing} is not writable")
+            raise ConfigError(f"{flag} {folder}: {existing} is not writable")
         return folder
 
 
@@ -109,16 +121,23 @@ class SweepPlan:
     trial: TrialConfig
     space: SearchSpace
     name: str
-    folder: Path
+    folder: Path  # the driver's files (Optuna, MLflow, front); with local storage, everything
+    storage: SweepStorage  # where Ray's files go: ``folder``, or object storage
     tracking_uri: str | None  # None: no MLflow record
     num_classes: int | None = None  # of a data factory's data (``check_factories``)
     py_modules: list[str] = field(default_factory=list)  # the user's code, sent to workers
 
     def record(self) -> dict[str, Any]:
-        """What fixes a sweep's trials: kept in ``sweep.json``, checked on ``--resume``."""
-        return {"trial": self.trial.model_dump(mode="json"),
-                "space": self.space.model_dump(mode="json"), "samples": self.options.samples,
-                "scheduler": self.options.scheduler, "seed": self.options.seed}
+        """What fixes a sweep's trials: kept in ``sweep.json``, checked on ``--resume``.
+
+        With object storage also the working folder: the Optuna study and the MLflow record
+        that Tune's saved state names are found there (docs/cluster.md)."""
+        record = {"trial": self.trial.model_dump(mode="json"),
+                  "space": self.space.model_dump(mode="json"), "samples": self.options.samples,
+                  "scheduler": self.options.scheduler, "seed": self.options.seed}
+        if self.storage.remote:
+            record["work_dir"] = str(self.folder)
+        return record
 
 
 def plan_sweep(trial_path: str | Path, space_path: str | Path, **options: Any) -> SweepPlan:
@@ -135,7 +154,9 @@ def plan_sweep(trial_path: str | Path, space_path: str | Path, **options: Any) -
     plan = SweepPlan(
         options=given, trial_path=Path(trial_path).resolve(),
         space_path=Path(space_path).resolve(), trial=trial, space=space, name=name,
-        folder=folder, tracking_uri=resolve_uri(given.tracking_uri, folder),
+        folder=folder, storage=SweepStorage.at(given.storage if is_remote(given.storage)
+                                               else folder),
+        tracking_uri=resolve_uri(given.tracking_uri, folder),
     )
     _check_resume(plan)
     from ..factory import check_factories, modules_to_ship  # torch: only now
@@ -167,26 +188,28 @@ def _load_input(trial_path: str | Path, space_path: str | Path,
 
 
 def _check_resume(plan: SweepPlan) -> None:
-    """Never overwrite a sweep; resume only the one that is there, as it started."""
-    record = plan.folder / RECORD
-    exists = record.exists() or (plan.folder / "tune").exists()
+    """Never overwrite a sweep; resume only the one that is there, as it started. With object
+    storage the bucket's copy of ``sweep.json`` is the record (a fresh driver has no other)."""
+    storage = plan.storage
+    record = storage.join(RECORD)
+    exists = storage.exists(RECORD) or storage.exists("tune")
     resume = plan.options.resume
     if exists and not resume:
-        raise ConfigError(f"--name {plan.name}: a sweep already exists in {plan.folder}; "
+        raise ConfigError(f"--name {plan.name}: a sweep already exists in {storage.uri}; "
                           "continue it with --resume, or choose another --name or --storage")
     if not resume:
         return
-    if not (plan.folder / "tune" / "tuner.pkl").exists() or not record.exists():
-        raise ConfigError(f"--resume: no sweep {plan.name} to continue in {plan.folder} "
+    if not storage.exists("tune", "tuner.pkl") or not storage.exists(RECORD):
+        raise ConfigError(f"--resume: no sweep {plan.name} to continue in {storage.uri} "
                           "(start it without --resume)")
     try:
-        started = json.loads(record.read_text())
+        started = json.loads(storage.read_text(RECORD))
     except (OSError, ValueError) as err:
         raise ConfigError(f"--resume: {record} is unreadable ({err})") from None
     for key, value in plan.record().items():
         if started.get(key) != value:
-            what = {"trial": str(plan.trial_path), "space": str(plan.space_path)}.get(
-                key, f"--{key}")
+            what = {"trial": str(plan.trial_path), "space": str(plan.space_path),
+                    "work_dir": f"--work-dir {plan.folder}"}.get(key, f"--{key}")
             raise ConfigError(f"--resume: {what} differs from what sweep {plan.name} started "
                               f"with ({key}, kept in {record}); resume with the same input")
 

@@ -35,6 +35,7 @@ class SweepResult:
     events: list[tuple[float, str, int]] = field(default_factory=list)  # (s, trial, epoch)
     wall_s: float = 0.0
     interrupted: bool = False  # Ctrl-C: the sweep can go on with --resume
+    ray_results: str = ""  # Tune's experiment: the folder's tune/, or in object storage
 
     @property
     def trial_epochs(self) -> int:
@@ -70,7 +71,7 @@ def collect(plan: SweepPlan, storage: optuna.storages.BaseStorage, trials: list[
         name=plan.name, folder=plan.folder, study_name=plan.name,
         storage_url=str(storage.url), tracking_uri=plan.tracking_uri, objectives=objectives,
         parameters=list(plan.space.parameters), front=front, finished=finished, trials=trials,
-        wall_s=wall,
+        wall_s=wall, ray_results=plan.storage.join("tune"),
     )
 
 
@@ -99,7 +100,7 @@ def summary(result: SweepResult) -> str:
         f"  front         {result.folder / 'front.json'} (and front.csv)",
         f"  Optuna study  {result.study_name} in {result.storage_url}",
         f"                (optuna-dashboard {result.storage_url})",
-        f"  Ray results   {result.folder / 'tune'}",
+        f"  Ray results   {result.ray_results or result.folder / 'tune'}",
         f"  MLflow        {result.tracking_uri} (experiment {result.name})" if
         result.tracking_uri else "  MLflow        off (--tracking-uri none)",
     ]

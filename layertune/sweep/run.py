@@ -33,10 +33,16 @@ def run_sweep(plan: SweepPlan, *, live: bool = True, interval: float | None = No
         for line in multi_node_warnings(plan):
             print(f"warning: {line}", file=sys.stderr, flush=True)
         plan.folder.mkdir(parents=True, exist_ok=True)
+        if plan.storage.remote and plan.options.resume and not (plan.folder / RECORD).exists():
+            fetched = plan.storage.download(plan.folder)  # a fresh driver machine
+            print(f"copied {', '.join(fetched)} from {plan.storage.uri} into {plan.folder}",
+                  flush=True)
         storage = open_storage(plan.folder)
         check_study(storage, plan.name, plan.space.modes)
         if not plan.options.resume:
             (plan.folder / RECORD).write_text(json.dumps(plan.record(), indent=1))
+        if plan.storage.remote:
+            plan.storage.upload(plan.folder)
         return _run(plan, storage, live, interval)
     finally:
         if started and not keep_ray:
@@ -86,7 +92,9 @@ def _print_banner(plan: SweepPlan) -> None:
           f"over {plan.space_path.name}, scheduler {o.scheduler}, "
           f"{o.cpus_per_trial:g} CPU + {o.gpus_per_trial:g} GPU per trial; "
           f"Ray has {resources_text()}"
-          + (f"; resuming from {plan.folder}" if o.resume else ""), flush=True)
+          + (f"; resuming from {plan.storage.uri}" if o.resume else "")
+          + (f"; Ray's files in {plan.storage.uri}, the driver's in {plan.folder}"
+             if plan.storage.remote else ""), flush=True)
 
 
 def _finish(plan: SweepPlan, storage: optuna.storages.RDBStorage, sweep: SweepTuner,
@@ -109,4 +117,6 @@ def _finish(plan: SweepPlan, storage: optuna.storages.RDBStorage, sweep: SweepTu
         sweep.recorder.log_summary({"trials_this_run": len(result.trials),
                                     "trial_epochs_this_run": result.trial_epochs,
                                     "wall_s": wall})
+    if plan.storage.remote:
+        plan.storage.upload(plan.folder)
     return result

@@ -17,6 +17,7 @@ from ..tracking import SweepRecorder
 from .cluster import max_concurrent
 from .monitor import SweepMonitor
 from .plan import SweepPlan, chance_accuracy
+from .storage import DriverFilesSync
 from .trainable import make_trainable, trial_dirname
 
 
@@ -72,6 +73,7 @@ def new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
     if plan.tracking_uri is not None:
         recorder = SweepRecorder(
             plan.tracking_uri, plan.name, plan.folder,
+            artifacts=plan.storage.join("mlflow-artifacts") if plan.storage.remote else None,
             objectives=list(zip(space.metrics, space.modes, strict=True)),
             chance=chance_accuracy(plan), parameters=list(space.parameters),
             files=[plan.trial_path, plan.space_path],
@@ -96,9 +98,13 @@ def new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
             reuse_actors=options.workers is None,
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=str(plan.folder), verbose=0,
+            name="tune", storage_path=plan.storage.uri, verbose=0,
             callbacks=[StopReasonCallback(scheduler), monitor,
-                       CheckpointPruner(plan.folder / "tune"), *([recorder] if recorder else [])],
+                       CheckpointPruner(plan.storage.path("tune"), filesystem=plan.storage.fs),
+                       *([recorder] if recorder else []),
+                       # last: the copy in the bucket holds what the callbacks above wrote
+                       *([DriverFilesSync(plan.storage, plan.folder)]
+                         if plan.storage.remote else [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # the pruner deletes
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
@@ -107,8 +113,8 @@ def new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
 
 
 def restore_tuner(plan: SweepPlan, live: bool, interval: float | None) -> SweepTuner:
-    """The Tuner of the sweep in ``plan.folder``, to go on with its unfinished trials."""
-    tuner = tune.Tuner.restore(str(plan.folder / "tune"), make_trainable(plan),
+    """The Tuner of the sweep in ``plan.storage``, to go on with its unfinished trials."""
+    tuner = tune.Tuner.restore(plan.storage.join("tune"), make_trainable(plan),
                                resume_unfinished=True)
     callbacks, searcher = _restored_parts(tuner)
     monitor = next(c for c in callbacks if isinstance(c, SweepMonitor))
