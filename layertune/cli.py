@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import ConfigError, TrialConfig, load_trial, parse_set
 from .workers import Workers, add_worker_arguments, check_batch, worker_spec
@@ -24,14 +24,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _print_epoch(metrics: dict, epochs: int) -> None:
+def _epoch_line(metrics: dict, epochs: int) -> str:
     m = metrics
-    print(
-        f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  "
-        f"val_acc {m['val_accuracy']:.4f}  sections {m['active_layers']}/{m['total_layers']}  "
-        f"undecided {m['undecided_layers']}  {m['epoch_seconds']:.2f}s",
-        flush=True,
-    )
+    return (f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  "
+            f"val_acc {m['val_accuracy']:.4f}  sections {m['active_layers']}/"
+            f"{m['total_layers']}  undecided {m['undecided_layers']}  "
+            f"{m['epoch_seconds']:.2f}s")
+
+
+def _print_epoch(metrics: dict, epochs: int) -> None:
+    print(_epoch_line(metrics, epochs), flush=True)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -96,37 +98,60 @@ def _write_train_result(result: TrialResult, out: Path, fmt: str) -> list[str]:
     return lines
 
 
-def _print_train_result(result: TrialResult, out: Path, fmt: str) -> None:
-    print("\n".join(_write_train_result(result, out, fmt)), flush=True)
+def _send_epoch(lines: Any, epochs: int, metrics: dict) -> None:  # on rank 0
+    lines.put(_epoch_line(metrics, epochs))
+
+
+def _send_result(lines: Any, out: Path, fmt: str, result: TrialResult) -> None:  # on rank 0
+    lines.put("\n".join(_write_train_result(result, out, fmt)))
 
 
 def _train_on_workers(config: TrialConfig, workers: Workers, out: Path, fmt: str) -> int:
     """``layertune train --workers-per-trial K``: a Ray Train run on the local Ray (or the one
-    RAY_ADDRESS names); rank 0 prints the epochs and writes ``out``. Its checkpoints (for
-    retries of a lost worker) live in a temporary folder."""
+    RAY_ADDRESS names). Rank 0 writes ``out`` and sends its lines through a Ray queue; this
+    process prints them (Ray's own worker logs stay out of the way). The run's checkpoints
+    (for restarts after a lost worker) live in a temporary folder."""
     import functools
     import logging
     import os
     import tempfile
+    import threading
 
     import ray
     from ray.train import TrainingFailedError
+    from ray.util.queue import Empty, Queue
 
     from .workers import run_on_workers
 
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker lines printed once
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    if not ray.is_initialized():  # "local": never a cluster that happens to run here
+        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local",
+                 logging_level=logging.WARNING, log_to_driver=False)
+    lines = Queue(actor_options={"num_cpus": 0})
+    failed: list[BaseException] = []
     with tempfile.TemporaryDirectory(prefix="layertune-train-") as storage:
         diverged = Path(storage, "diverged.txt")
-        try:
-            run_on_workers(config, workers, storage, diverged=diverged,
-                           on_epoch=functools.partial(_print_epoch, epochs=config.epochs),
-                           on_result=functools.partial(_print_train_result, out=out, fmt=fmt))
-        except TrainingFailedError as err:
-            print(f"error: {diverged.read_text() if diverged.exists() else err}",
+
+        def fit() -> None:
+            try:
+                run_on_workers(config, workers, storage, diverged=diverged,
+                               on_epoch=functools.partial(_send_epoch, lines, config.epochs),
+                               on_result=functools.partial(_send_result, lines, out, fmt))
+            except BaseException as err:  # noqa: BLE001 (raised again below)
+                failed.append(err)
+
+        thread = threading.Thread(target=fit, daemon=True)
+        thread.start()
+        while thread.is_alive() or not lines.empty():
+            try:
+                print(lines.get(timeout=0.5), flush=True)
+            except Empty:
+                pass
+        if failed and isinstance(failed[0], TrainingFailedError):
+            print(f"error: {diverged.read_text() if diverged.exists() else failed[0]}",
                   file=sys.stderr)
             return 1
+    if failed:
+        raise failed[0]
     return 0
 
 
