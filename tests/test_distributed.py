@@ -18,6 +18,8 @@ from layertune.data import TensorLoader
 from layertune.distributed import DistributedTrial, ShardedLoader, step_seed
 from layertune.train import run_trial
 
+REPO = Path(__file__).resolve().parent.parent
+
 # strong enough a prior that sections are removed in epoch 3 (at different steps) while one
 # stays, and theta_init < 1 so that the draws vary from step to step
 CONFIG = {"data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
@@ -132,9 +134,21 @@ def test_bad_worker_settings_are_one_line_before_ray_starts(
     assert not ray.is_initialized() and not (tmp_path / "w").exists()
 
 
-# --- on Ray Train: two gloo workers per trial --------------------------------------------------
+def test_a_trials_workers_must_fit_the_cluster_together() -> None:
+    from layertune.config import ConfigError
+    from layertune.sweep import plan_sweep
+    from layertune.sweep.cluster import check_resources, max_concurrent
 
-REPO = Path(__file__).resolve().parent.parent
+    plan = plan_sweep(REPO / "trials" / "mnist1d_cnn.yaml", REPO / "search_spaces" / "cnn1d.yaml",
+                      name="k", workers_per_trial=4, gpus_per_worker=1, cpus_per_worker=8)
+    nodes = [{"CPU": 32, "GPU": 2}, {"CPU": 16, "GPU": 2}, {"CPU": 64, "GPU": 4}]
+    check_resources(plan, nodes)  # 2 + 2 + 4 workers: across nodes
+    assert max_concurrent(plan, nodes) == 2  # trials whose workers fit at once
+    with pytest.raises(ConfigError, match="holds 3 such workers"):
+        check_resources(plan, [{"CPU": 16, "GPU": 4}, {"CPU": 8, "GPU": 1}])  # CPUs too few
+
+
+# --- on Ray Train: two gloo workers per trial --------------------------------------------------
 
 
 @pytest.fixture(scope="module")
