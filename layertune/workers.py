@@ -79,8 +79,9 @@ def worker_spec(count: int, cpus: float | None, gpus: float | None, *, cpus_per_
     cpus, gpus = 1.0 if cpus is None else cpus, 0.0 if gpus is None else gpus
     if not cpus > 0:
         raise ConfigError(f"--cpus-per-worker {cpus:g}: must be > 0 (e.g. 1 or 4)")
-    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
-        raise ConfigError(f"--gpus-per-worker {gpus:g}: must be >= 0, and whole above 1")
+    if gpus < 0 or gpus != int(gpus):  # NCCL refuses two ranks on one device
+        raise ConfigError(f"--gpus-per-worker {gpus:g}: whole GPUs (0, 1, 2, ...); each "
+                          "worker needs devices of its own")
     return Workers(count, cpus, gpus, max_failures)
 
 

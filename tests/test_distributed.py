@@ -108,7 +108,7 @@ def test_the_gate_seed_depends_on_trial_seed_and_step_only() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--workers-per-trial", "0"], "--workers-per-trial 0: must be at least 1"),
-    (["--workers-per-trial", "2", "--gpus-per-worker", "-1"], "--gpus-per-worker -1"),
+    (["--workers-per-trial", "2", "--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5: whole"),
     (["--cpus-per-worker", "2"], "--cpus-per-worker: only with --workers-per-trial > 1"),
     (["--workers-per-trial", "128"], "data.batch_size 64 is the global minibatch"),
     (["--workers-per-trial", "2", "--cpus-per-trial", "4"], "--cpus-per-worker"),  # sweep only
