@@ -44,12 +44,12 @@ def add_resource_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPUs per trial, fractions allowed (default 1)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
                         help="GPUs per trial, fractions allowed (default 0)")
+    add_worker_arguments(parser)
     parser.add_argument("--max-concurrent", type=int, metavar="K",
                         help="trials at a time (default: as many as resources allow)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI: an MLflow server "
                         "(http://host:port) or a database (default sqlite:///<sweep folder>/"
                         "mlflow.db); 'none' records nothing")
-    add_worker_arguments(parser)
     parser.add_argument("--max-failures", type=int, default=2, metavar="F",
                         help="retries of a trial whose worker or node died, from its last "
                         "checkpoint (default 2)")

@@ -83,11 +83,11 @@ def new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
                 "cpus_per_trial": options.cpus_per_trial,
                 "gpus_per_trial": options.gpus_per_trial,
                 "max_concurrent": options.max_concurrent, "max_failures": options.max_failures,
-            })
-    tuner = tune.Tuner(
                 "workers_per_trial": options.workers_per_trial,
                 **({"cpus_per_worker": options.workers.cpus,
                     "gpus_per_worker": options.workers.gpus} if options.workers else {}),
+            })
+    tuner = tune.Tuner(
         make_trainable(plan),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=options.samples,
