@@ -39,9 +39,6 @@ class Handoff:
             event.synchronize()  # the copy queued a step ago: finished, or about to be
         return host, tag
 
-    def clear(self) -> None:
-        self._pending = None
-
 
 def _start_copy(tensor: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
     if tensor.device.type == "cpu":
@@ -50,6 +47,6 @@ def _start_copy(tensor: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         host.copy_(tensor, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(tensor.device))  # where the copy was queued
         return host, event
     return tensor.cpu(), None  # other devices: a plain (waiting) copy

@@ -12,6 +12,7 @@ import torch
 
 from layertune.config import load_trial
 from layertune.train import Trial
+from layertune.transfer import Handoff
 
 # each of these copies a value to the host, so on a GPU it waits for the queue to drain
 # (``.numpy()``, which the gate step uses on its host state, refuses device tensors outright)
@@ -49,3 +50,13 @@ def test_trial_step_makes_no_synchronising_call_but_the_named_one(monkeypatch, d
     assert calls[("tolist", "GateController.set_draw")] == (0 if decided else 20)
     # the gate steps did happen (one behind): the gate state moved
     assert trial.gates.steps - steps == (0 if decided else 20)
+
+
+def test_the_handoff_returns_what_was_sent_one_swap_earlier() -> None:
+    handoff = Handoff()
+    assert handoff.swap(torch.tensor([1.0]), "first") is None
+    host, tag = handoff.swap(torch.tensor([2.0]), "second")
+    assert tag == "first" and host.tolist() == [1.0]
+    host, tag = handoff.swap(None)  # what Pruner.settle does
+    assert tag == "second" and host.tolist() == [2.0]
+    assert handoff.swap(None) is None
