@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # The name ``_train`` is the trainable's name in Tune's saved experiment: a resumed sweep must
 # hand Tune a trainable of the same name, so it stays as sweeps were started with it.
 def _train(config: dict, base: dict, threads: int, export: bool = True,
-           workers: Workers | None = None) -> None:
+           workers: Workers | None = None, storage: str | None = None) -> None:
     """One Tune trial: the trial config with the searcher's dotted-key overrides applied.
 
     With ``export`` the last epoch's checkpoint also holds the compact network and the trial
@@ -30,7 +30,7 @@ def _train(config: dict, base: dict, threads: int, export: bool = True,
     the trial runs on Ray Train workers (``_train_on_workers``).
     """
     if workers is not None:
-        _train_on_workers(config, base, workers, export)
+        _train_on_workers(config, base, workers, export, storage)
         return
     import torch
 
@@ -69,11 +69,13 @@ def _train(config: dict, base: dict, threads: int, export: bool = True,
         raise
 
 
-def _train_on_workers(config: dict, base: dict, workers: Workers, export: bool) -> None:
+def _train_on_workers(config: dict, base: dict, workers: Workers, export: bool,
+                      storage: str | None = None) -> None:
     """A trial on Ray Train workers (docs/cluster.md): this Tune trial only drives a
     ``TorchTrainer``; rank 0's reports reach Tune through Ray's ``TuneReportCallback``, with
     the path of Ray Train's checkpoint (in ``trial_ID/train/``) as ``checkpoint_path``. A
-    retried trial resumes Ray Train's run from that folder."""
+    retried trial resumes Ray Train's run from that folder; with object storage (``storage``,
+    the sweep's URI) the folder is in the bucket, so a retry on another node finds it."""
     from ray.train import TrainingFailedError
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -85,8 +87,9 @@ def _train_on_workers(config: dict, base: dict, workers: Workers, export: bool) 
     diverged = folder / "diverged.txt"
     if diverged.exists():
         raise TrialDiverged(diverged.read_text())
+    run = f"{storage}/tune/trial_{tune.get_context().get_trial_id()}" if storage else folder
     try:
-        run_on_workers(trial_config, workers, folder, callbacks=[TuneReportCallback()],
+        run_on_workers(trial_config, workers, run, callbacks=[TuneReportCallback()],
                        export=export, diverged=diverged)
     except TrainingFailedError:
         if diverged.exists():  # one clear error rather than Ray Train's
@@ -95,13 +98,14 @@ def _train_on_workers(config: dict, base: dict, workers: Workers, export: bool) 
 
 
 def _train_depth(config: dict, base: dict, threads: int, export: bool = True,
-                 workers: Workers | None = None) -> None:
+                 workers: Workers | None = None, storage: str | None = None) -> None:
     """One network of the from-scratch grid (``layertune baseline``): ``config["sections"]``
     picks the grid point of the trial config ``base`` (``baseline.depth_grid``)."""
     from ..baseline import depth_grid
 
     grid = {p.sections: p.config for p in depth_grid(TrialConfig.model_validate(base))}
-    _train({}, grid[config[SECTIONS]].model_dump(mode="json"), threads, export, workers)
+    _train({}, grid[config[SECTIONS]].model_dump(mode="json"), threads, export, workers,
+           storage)
 
 
 def make_trainable(plan: SweepPlan | BaselinePlan, fn: Callable[..., None] = _train) -> Any:
@@ -114,7 +118,8 @@ def make_trainable(plan: SweepPlan | BaselinePlan, fn: Callable[..., None] = _tr
     return tune.with_resources(
         tune.with_parameters(fn, base=plan.trial.model_dump(mode="json"),
                              threads=max(1, int(cpus)), export=plan.tracking_uri is not None,
-                             workers=workers),
+                             workers=workers,
+                             storage=plan.storage.uri if plan.storage.remote else None),
         DRIVER_RESOURCES if workers else {"cpu": cpus, "gpu": gpus},
     )
 

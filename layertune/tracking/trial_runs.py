@@ -277,4 +277,8 @@ def _train_checkpoint(trial: Any) -> Any:
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
     path = (trial.last_result or {}).get(CHECKPOINT_PATH_KEY)
-    return Checkpoint(path) if path else None
+    if not path:
+        return None
+    # a path in the sweep's file system (in a bucket it has no scheme): the trial's own
+    storage = getattr(trial, "storage", None)
+    return Checkpoint(path, filesystem=getattr(storage, "storage_filesystem", None))
