@@ -70,13 +70,13 @@ def copy_model(checkpoint: Any, dest: Path) -> bool:
     with checkpoint.as_directory() as folder:
         files = [Path(folder, f) for f in BUNDLE_FILES]
         model = Path(folder, MLFLOW_MODEL)
-        if not all(f.is_file() for f in files) or not (model / "MLmodel").is_file():
-            return False
         error = Path(folder, EXPORT_ERROR)
         if all(f.is_file() for f in files) and error.is_file():
             dest.mkdir(parents=True, exist_ok=True)
             for f in (*files, error):
                 shutil.copy2(f, dest / f.name)
+            return False
+        if not all(f.is_file() for f in files) or not (model / "MLmodel").is_file():
             return False
         dest.mkdir(parents=True, exist_ok=True)
         for f in files:
