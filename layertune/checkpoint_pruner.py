@@ -18,6 +18,8 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from .contract import STOPPED_BY
+
 
 class CheckpointPruner(Callback):
     """Deletes the trial checkpoints that no saved experiment state can name.
@@ -75,18 +77,21 @@ class CheckpointPruner(Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
         # Tune saved the final state just before this call, with every checkpoint registered:
-        # it names no trial's checkpoint but the last. So every ended trial keeps only its last
+        # it names no checkpoint but the last of a trial that has ended for good (its last
+        # result is ``done``, or a scheduler stopped it). So such a trial keeps only its last
         # one now, even where that state still calls it running (it ended as the loop stopped)
-        # or this callback never heard of its end (it ended before a resume). Not while an
-        # error unwinds Tune's loop: then no final state was saved.
+        # or this callback never heard of its end (it ended before a resume). Trials Tune
+        # stops only because the experiment was interrupted are left alone (a resume goes on
+        # from the checkpoint the state names), and nothing is cut while an error unwinds
+        # Tune's loop (no final state was saved).
         if sys.exc_info()[0] is not None:
             return
         for trial in trials:
-            if trial.status == "TERMINATED" and trial.path:
-                self.ended.setdefault(trial.trial_id, trial.path)
-        for folder in self.ended.values():
-            keep_last(self.fs, folder)
-        self.ended.clear()
+            last = trial.last_result or {}
+            if trial.status == "TERMINATED" and trial.path and (
+                    last.get("done") or last.get(STOPPED_BY)):
+                keep_last(self.fs, trial.path)
+        self.on_step_end(0, trials)
 
     def _ended_in_saved_state(self) -> set[str]:
         """Trial ids the newest saved state records as TERMINATED (read once per save: a new

@@ -96,6 +96,8 @@ BAD = {
                                   ["other", "epochs", "--recompute"]),
     "a sweep's folder": ([DIGITS, "--storage", "{tmp}/sweep"], ["holds a sweep"]),
     "object storage": ([DIGITS, "--storage", "s3://bucket/prefix"], ["--storage", "local"]),
+    "workers": ([DIGITS, "--workers-per-trial", "2"], ["--workers-per-trial 2", "one process"]),
+    "a data factory": ([DIGITS, "--set", "data={factory: 'pkg.mod:fn'}"], ["data.factory"]),
 }
 
 

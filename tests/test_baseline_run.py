@@ -45,7 +45,7 @@ def record(tmp_path_factory):
     (root / "trial.yaml").write_text(TRIAL)
     (root / "space.yaml").write_text(prior_weight_space())
     runs = root / "runs"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         plan = plan_sweep(root / "trial.yaml", root / "space.yaml", samples=2, name="s",
                           storage=runs / "s", max_concurrent=2)

@@ -85,20 +85,30 @@ def test_an_unreadable_state_deletes_nothing(tmp_path):
     assert all(f.exists() for f in folders)
 
 
-def test_at_the_end_every_ended_trial_keeps_its_last_whatever_the_state_says(tmp_path):
+def test_at_the_end_every_trial_ended_for_good_keeps_its_last_whatever_the_state_says(
+        tmp_path):
     # Tune's final state is saved before its last trial is marked ended, and a resumed sweep's
-    # pruner never heard of the trials that ended before the stop; both are cut at the end
-    folders = make(tmp_path, [100, 60, 20, 15])
-    save_state(tmp_path, {"a": "RUNNING"})
-    ended = SimpleNamespace(trial_id="a", path=str(folders[0].parent), status="TERMINATED")
-    running = SimpleNamespace(trial_id="b", path=str(tmp_path / "trial_b"), status="RUNNING")
-    CheckpointPruner(tmp_path, margin_s=30).on_experiment_end(trials=[ended, running])
-    assert sorted(p.name for p in folders[0].parent.iterdir()) == [folders[-1].name]
+    # pruner never heard of the trials that ended before the stop; both are cut at the end.
+    # A trial Tune stopped because the sweep was interrupted is not: a resume goes on with it.
+    save_state(tmp_path, {"a": "RUNNING", "b": "RUNNING", "c": "RUNNING"})
+    trials = []
+    for name, last in {"a": {"done": True}, "b": {"stopped_by": "dominated"}, "c": {}}.items():
+        for i, age in enumerate([100, 60, 20]):
+            folder = tmp_path / f"trial_{name}" / f"checkpoint_{i:06d}"
+            folder.mkdir(parents=True)
+            os.utime(folder, (T - age, T - age))
+        trials.append(SimpleNamespace(trial_id=name, path=str(tmp_path / f"trial_{name}"),
+                                      status="TERMINATED", last_result=last))
+    CheckpointPruner(tmp_path, margin_s=30).on_experiment_end(trials=trials)
+    kept = {t: sorted(p.name for p in (tmp_path / f"trial_{t}").iterdir()) for t in "abc"}
+    assert kept == {"a": ["checkpoint_000002"], "b": ["checkpoint_000002"],
+                    "c": ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]}
 
 
 def test_nothing_is_cut_at_an_end_forced_by_an_error(tmp_path):
     folders = make(tmp_path, [100, 60, 20, 15])
-    ended = SimpleNamespace(trial_id="a", path=str(folders[0].parent), status="TERMINATED")
+    ended = SimpleNamespace(trial_id="a", path=str(folders[0].parent), status="TERMINATED",
+                            last_result={"done": True})
     try:
         raise RuntimeError("Tune's loop failed: it saves no final state")
     except RuntimeError:

@@ -117,7 +117,7 @@ def test_a_resume_must_use_the_working_folder_the_sweep_started_with(s3, tmp_pat
                       resume=True).folder == tmp_path / "a"
 
 
-EPOCHS, SAMPLES = 60, 3
+EPOCHS, SAMPLES = 40, 2
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_a_sweep_in_a_bucket_moves_a_trial_off_a_lost_node(s3, cluster, tmp_path
 
 
 def test_a_killed_driver_resumes_from_the_bucket_alone(s3, tmp_path):
-    epochs, samples = 50, 3
+    epochs, samples = 40, 3
     (tmp_path / "trial.yaml").write_text(digits_trial(epochs))
     (tmp_path / "space.yaml").write_text(SPACE)
     work = tmp_path / "driver"

@@ -21,12 +21,19 @@ SYNCING = ("item", "tolist", "cpu", "__float__", "__bool__", "__int__", "__index
 ALLOWED = {("tolist", "GateController.set_draw")}
 
 
+def _caller(frame) -> str:
+    """``Class.method`` of a frame (``co_qualname`` is Python 3.11+; the project takes 3.10)."""
+    owner = frame.f_locals.get("self")
+    name = frame.f_code.co_name
+    return f"{type(owner).__name__}.{name}" if owner is not None else name
+
+
 def _count_syncs(monkeypatch: pytest.MonkeyPatch, calls: Counter) -> None:
     for name in SYNCING:
         original = getattr(torch.Tensor, name)
 
         def counting(self, *args, _original=original, _name=name, **kwargs):
-            calls[(_name, sys._getframe(1).f_code.co_qualname)] += 1
+            calls[(_name, _caller(sys._getframe(1)))] += 1
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)

@@ -32,7 +32,7 @@ from ray import tune
 from ..baseline import GridPoint, depth_grid, max_depth
 from ..checkpoint_pruner import CheckpointPruner
 from ..comparison import BASELINE_FILE, SECTIONS, Baseline, config_digest, load_baseline
-from ..config import ConfigError, TrialConfig, load_trial
+from ..config import ConfigError, FactoryConfig, TrialConfig, load_trial
 from ..front import format_table, hypervolume
 from ..tracking import BASELINE_GROUP, BASELINE_KIND, SweepRecorder, resolve_uri
 from .cluster import check_resources, multi_node_warnings, resources_text, start_ray
@@ -82,7 +82,13 @@ def plan_baseline(trial_path: str | Path, *, recompute: bool = False,
     if given.storage and "://" in str(given.storage):
         raise ConfigError(f"--storage {given.storage}: a local folder (sweeps look for their "
                           "baseline in the folders beside their own)")
+    if given.workers is not None:
+        raise ConfigError(f"--workers-per-trial {given.workers_per_trial}: a baseline trains "
+                          "each depth in one process (use --cpus-per-trial / --gpus-per-trial)")
     trial = load_trial(trial_path, given.overrides)
+    if isinstance(trial.data, FactoryConfig):  # (a factory's model has no grid: depth_grid)
+        raise ConfigError(f"{trial_path}: data.factory: a baseline trains on a built-in data "
+                          "set (its chance accuracy sets the hypervolume reference)")
     if getattr(trial.data, "root", None):  # trials run in their own folder (as in a sweep)
         trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
                                      source=str(trial_path))

@@ -5,6 +5,7 @@ Every problem is a one-line ``ConfigError`` naming the flag or file; nothing is 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 from ..config import ConfigError, DataConfig, TrialConfig, load_trial
 from ..space import SearchSpace, check_parameters, load_space
-from ..tracking import resolve_uri
+from ..tracking import is_server, resolve_uri
 from ..workers import Workers, check_batch, worker_spec
 from .storage import SweepStorage, is_remote
 
@@ -158,6 +159,7 @@ def plan_sweep(trial_path: str | Path, space_path: str | Path, **options: Any) -
                                                else folder),
         tracking_uri=resolve_uri(given.tracking_uri, folder),
     )
+    _check_artifact_store(plan)
     _check_resume(plan)
     from ..factory import check_factories, modules_to_ship  # torch: only now
 
@@ -185,6 +187,22 @@ def _load_input(trial_path: str | Path, space_path: str | Path,
     if workers:
         check_batch(trial, workers.count, str(trial_path))
     return trial, space
+
+
+def _check_artifact_store(plan: SweepPlan) -> None:
+    """With object storage a database record's artifacts go to the bucket (tracking/): MLflow
+    needs the cloud's client library for that."""
+    if not plan.storage.remote or plan.tracking_uri is None or is_server(plan.tracking_uri):
+        return
+    scheme = plan.storage.uri.split("://", 1)[0]
+    module, package = ("boto3", "boto3") if scheme == "s3" else \
+        ("google.cloud.storage", "google-cloud-storage")
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"--storage {plan.storage.uri}: MLflow's artifacts go there and need "
+                          f"{package} (pip install {package}), or use --tracking-uri "
+                          "http://HOST:PORT (an MLflow server keeps its own)") from None
 
 
 def _check_resume(plan: SweepPlan) -> None:

@@ -13,6 +13,7 @@ Ray uses, with credentials and endpoint from the standard environment variables
 from __future__ import annotations
 
 import sqlite3
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,13 @@ class DriverFilesSync(Callback):
         self.storage, self.folder = storage, folder
 
     def sync(self) -> None:
-        self.storage.upload(self.folder)
+        # a short outage of the storage must not end the sweep: the next event copies again
+        try:
+            self.storage.upload(self.folder)
+        except OSError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"warning: copying the driver's files to {self.storage.uri} failed ({first}); "
+                  "retried at the next trial event", file=sys.stderr, flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
         self.sync()

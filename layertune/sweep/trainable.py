@@ -74,8 +74,9 @@ def _train_on_workers(config: dict, base: dict, workers: Workers, export: bool,
     """A trial on Ray Train workers (docs/cluster.md): this Tune trial only drives a
     ``TorchTrainer``; rank 0's reports reach Tune through Ray's ``TuneReportCallback``, with
     the path of Ray Train's checkpoint (in ``trial_ID/train/``) as ``checkpoint_path``. A
-    retried trial resumes Ray Train's run from that folder; with object storage (``storage``,
-    the sweep's URI) the folder is in the bucket, so a retry on another node finds it."""
+    retried trial resumes Ray Train's run from that folder: under the sweep's storage
+    (``storage``: its folder or bucket), not Tune's local trial folder, so a retry on another
+    node or after a driver's ``--resume`` finds it."""
     from ray.train import TrainingFailedError
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -119,7 +120,7 @@ def make_trainable(plan: SweepPlan | BaselinePlan, fn: Callable[..., None] = _tr
         tune.with_parameters(fn, base=plan.trial.model_dump(mode="json"),
                              threads=max(1, int(cpus)), export=plan.tracking_uri is not None,
                              workers=workers,
-                             storage=plan.storage.uri if plan.storage.remote else None),
+                             storage=plan.storage.uri),
         DRIVER_RESOURCES if workers else {"cpu": cpus, "gpu": gpus},
     )
 

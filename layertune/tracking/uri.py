@@ -18,6 +18,9 @@ _DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 
 def sweep_folder(name: str, storage: str | Path | None = None) -> Path:
     """The sweep folder: ``storage`` or ``./layertune-runs/NAME`` (as ``layertune sweep``)."""
+    if storage is not None and "://" in str(storage):
+        raise ConfigError(f"--storage {storage}: give the sweep's local working folder "
+                          "(its --work-dir, which holds mlflow.db), not its object storage")
     return (Path(storage) if storage else Path("layertune-runs") / name).expanduser().resolve()
 
 
