@@ -125,7 +125,7 @@ def epochs_of(rows: list[dict]) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_a_stopped_driver_resumes_with_nothing_lost_or_run_twice(tmp_path: Path, sig) -> None:
-    epochs, samples = 60, 5
+    epochs, samples = 45, 5
     trial, space = write_inputs(tmp_path, epochs)
     storage = tmp_path / "sweep"
     args = sweep_args(trial, space, storage, samples)
@@ -161,7 +161,7 @@ def test_a_stopped_driver_resumes_with_nothing_lost_or_run_twice(tmp_path: Path,
 
 
 def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
-    epochs, samples = 100, 2
+    epochs, samples = 70, 2
     trial, space = write_inputs(tmp_path, epochs)
     storage = tmp_path / "sweep"
     log = tmp_path / "sweep.log"

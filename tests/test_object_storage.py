@@ -180,7 +180,7 @@ def test_a_sweep_in_a_bucket_moves_a_trial_off_a_lost_node(s3, cluster, tmp_path
 
 
 def test_a_killed_driver_resumes_from_the_bucket_alone(s3, tmp_path):
-    epochs, samples = 40, 3
+    epochs, samples = 30, 3
     (tmp_path / "trial.yaml").write_text(digits_trial(epochs))
     (tmp_path / "space.yaml").write_text(SPACE)
     work = tmp_path / "driver"

@@ -86,9 +86,6 @@ def plan_baseline(trial_path: str | Path, *, recompute: bool = False,
         raise ConfigError(f"--workers-per-trial {given.workers_per_trial}: a baseline trains "
                           "each depth in one process (use --cpus-per-trial / --gpus-per-trial)")
     trial = load_trial(trial_path, given.overrides)
-    if isinstance(trial.data, FactoryConfig):  # (a factory's model has no grid: depth_grid)
-        raise ConfigError(f"{trial_path}: data.factory: a baseline trains on a built-in data "
-                          "set (its chance accuracy sets the hypervolume reference)")
     if getattr(trial.data, "root", None):  # trials run in their own folder (as in a sweep)
         trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
                                      source=str(trial_path))
@@ -99,6 +96,9 @@ def plan_baseline(trial_path: str | Path, *, recompute: bool = False,
         grid = depth_grid(trial)
     except ValueError as err:
         raise ConfigError(f"{trial_path}: {err}") from None
+    if isinstance(trial.data, FactoryConfig):
+        raise ConfigError(f"{trial_path}: data.factory: a baseline trains on a built-in data "
+                          "set (its chance accuracy sets the hypervolume reference)")
     config = trial.model_dump(mode="json")
     given = replace(given, samples=len(grid), scheduler="fifo",
                     name=given.name or f"baseline-{Path(trial_path).stem}-{config_digest(config)}")
