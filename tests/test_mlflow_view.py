@@ -3,6 +3,7 @@ where the front is (a real MLflow database; no Ray needed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,13 +13,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from layertune.tracking.rows import KIND, PARENT
 from layertune.tracking.sweep_run import DESCRIPTION, EXPERIMENT_KIND, SweepRun, SweepSettings
+from layertune.tracking.ui import runs_page
 from layertune.tracking.uri import default_uri, open_client
+from layertune.tracking.view import VIEW_ID, VIEW_TAG
 
 
 def _settings(folder: Path, name: str = "demo") -> SweepSettings:
@@ -45,10 +49,28 @@ def test_a_sweep_experiment_opens_on_its_training_runs(tmp_path: Path) -> None:
 def test_an_experiment_recorded_before_the_kind_existed_gets_it(tmp_path: Path) -> None:
     client = open_client(default_uri(tmp_path), create=True)
     client.create_experiment("old", artifact_location=(tmp_path / "a").as_uri())
+    db = tmp_path / "mlflow.db"
+    experiment_id = client.get_experiment_by_name("old").experiment_id
+    assert "viewStateShareKey" not in runs_page("http://h", experiment_id, db=db)  # no view yet
     run = SweepRun(_settings(tmp_path, "old"))
     run.prepare()
     tags = client.get_experiment_by_name("old").tags
     assert all(tags.get(k) == v for k, v in EXPERIMENT_KIND.items())
+    assert VIEW_TAG in tags
+    assert runs_page("http://h", experiment_id, db=db).endswith(f"viewStateShareKey={VIEW_ID}")
+
+
+def test_the_saved_view_shows_the_trials_with_the_objectives_as_columns(tmp_path: Path) -> None:
+    run = SweepRun(_settings(tmp_path))
+    run.prepare()
+    view = json.loads(open_client(default_uri(tmp_path)).get_experiment_by_name("demo")
+                      .tags[VIEW_TAG])  # MLflow's saved-view envelope: name, createdAt, state
+    assert view["name"] and isinstance(view["createdAt"], int)
+    state = json.loads(view["state"])
+    assert {"metrics.`val_accuracy`", "metrics.`active_layers`",
+            "params.`method.decide_tolerance`"} <= set(state["selectedColumns"])
+    assert state["orderByKey"] == "metrics.`val_accuracy`" and state["orderByAsc"] is False
+    assert state["searchFilter"] == "tags.`layertune.kind` = 'trial'"
 
 
 # --- the page in a real browser -------------------------------------------------------------
@@ -66,6 +88,39 @@ def chromium() -> str:
     if found is None:
         pytest.skip("no chromium, and apt-get could not install it here (not root, or no apt)")
     return found
+
+
+class _ColumnHeaders(HTMLParser):
+    """The runs table's column headers in a page: ag-grid's ``col-id`` -> the header's text."""
+
+    _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+             "source", "track", "wbr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: dict[str, str] = {}
+        self._open: tuple[str, list[str]] | None = None
+        self._depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._VOID:
+            return
+        if self._open is not None:
+            self._depth += 1
+        elif dict(attrs).get("role") == "columnheader" and dict(attrs).get("col-id"):
+            self._open, self._depth = (str(dict(attrs)["col-id"]), []), 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._VOID or self._open is None:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self.headers[self._open[0]] = " ".join("".join(self._open[1]).split())
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open[1].append(data)
 
 
 def _free_port() -> int:
@@ -103,8 +158,8 @@ def test_layertune_ui_opens_on_the_trial_runs_in_a_browser(tmp_path: Path, chrom
                 assert time.monotonic() < deadline, "the MLflow server did not come up"
                 time.sleep(1)
         dom = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu",
-             "--virtual-time-budget=30000", "--dump-dom", page],
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,800",
+             "--virtual-time-budget=30000", "--dump-dom", page],  # a fresh profile each time
             capture_output=True, text=True, timeout=180).stdout
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
@@ -116,3 +171,7 @@ def test_layertune_ui_opens_on_the_trial_runs_in_a_browser(tmp_path: Path, chrom
     assert all(f"trial-{i}" in text for i in range(3))
     assert text.index("trial-2") < text.index("trial-0")  # best val_accuracy first
     assert "Sort: val_accuracy" in text
+    parser = _ColumnHeaders()
+    parser.feed(dom)
+    for metric in ("val_accuracy", "active_layers"):  # the objectives: columns on first load
+        assert parser.headers.get(f"metrics.`{metric}`") == metric, parser.headers

@@ -1,6 +1,7 @@
 """The sweep's parent run: made on the first start, reopened on every resume.
 
-One MLflow experiment per sweep, named after it, holds one parent run (tag ``KIND=sweep``).
+One MLflow experiment per sweep, named after it, holds one parent run (tag ``KIND=sweep``);
+its tags make MLflow's UI open it on the trial runs, with the objectives as columns (``.view``).
 Made: the settings as params (objectives, searched keys, the plan, command, versions, git
 commit), the trial and space files and the resolved trial config under ``config/``. As trials
 end: the front's figures at step = trials ended so far. At the end: the front under
@@ -36,6 +37,7 @@ from .rows import (
     reference_point,
 )
 from .uri import is_server, open_client
+from .view import VIEW_TAG, same_view, trials_view
 
 _RESUMES = "layertune.resumes"  # tag: how often the sweep was resumed
 # MLflow 3's UI opens an experiment of this kind on its training runs (the runs table with
@@ -98,7 +100,8 @@ class SweepRun:
                 location = None if is_server(s.uri) else \
                     s.artifacts or (s.folder / "mlflow-artifacts").as_uri()
                 self.experiment_id = client.create_experiment(
-                    s.name, artifact_location=location, tags={KIND: s.kind, **EXPERIMENT_KIND})
+                    s.name, artifact_location=location,
+                    tags={KIND: s.kind, **EXPERIMENT_KIND, **self._view()})
             elif exp.lifecycle_stage == "deleted":
                 raise ConfigError(f"--name {s.name}: its MLflow experiment in {s.uri} is "
                                   "deleted (restore it in the MLflow UI, or use another --name)")
@@ -107,10 +110,20 @@ class SweepRun:
                 for key, value in EXPERIMENT_KIND.items():  # sweeps recorded before it was set
                     if exp.tags.get(key) != value:
                         client.set_experiment_tag(exp.experiment_id, key, value)
+                for key, value in self._view().items():  # or before the view
+                    if not same_view(exp.tags.get(key), value):
+                        client.set_experiment_tag(exp.experiment_id, key, value)
         except MlflowException as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"--tracking-uri {s.uri}: {first}") from None
         self.client = client
+
+    def _view(self) -> dict[str, str]:
+        """The experiment tag of the runs table's saved view that ``layertune ui`` opens
+        (``.view``); none without objectives."""
+        s = self.settings
+        return {VIEW_TAG: trials_view(s.objectives, s.parameters, s.trial_kind)} \
+            if s.objectives else {}
 
     def earlier(self) -> Any | None:
         """The parent run of an earlier start of this sweep (the latest), or None."""

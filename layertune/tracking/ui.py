@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .view import VIEW_TAG, view_page
+
 
 def find_sweeps(root: str | Path) -> dict[str, Path]:
     """Sweep folders under ``root`` (or ``root`` itself) that hold an ``mlflow.db``: name->db.
@@ -43,24 +45,35 @@ def recorded_experiments(db: str | Path) -> dict[str, str]:
     return {name: str(i) for name, i in rows}
 
 
-def child_kind(db: str | Path, experiment_id: str) -> str:
-    """The ``layertune.kind`` of an experiment's nested runs: ``baseline`` (each depth) in a
-    baseline's experiment, else ``trial``; read without MLflow."""
+def experiment_tag(db: str | Path, experiment_id: str, key: str) -> str | None:
+    """An experiment's tag in an MLflow sqlite file (None: not set), read without MLflow."""
     import sqlite3
 
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
             row = con.execute("select value from experiment_tags where experiment_id = ? and "
-                              "key = 'layertune.kind'", (experiment_id,)).fetchone()
+                              "key = ?", (experiment_id, key)).fetchone()
     except sqlite3.Error:
         row = None
-    return "baseline" if row and row[0] == "baseline-group" else "trial"
+    return row[0] if row else None
 
 
-def runs_page(server: str, experiment_id: str, kind: str = "trial") -> str:
+def child_kind(db: str | Path, experiment_id: str) -> str:
+    """The ``layertune.kind`` of an experiment's nested runs: ``baseline`` (each depth) in a
+    baseline's experiment, else ``trial``; read without MLflow."""
+    kind = experiment_tag(db, experiment_id, "layertune.kind")
+    return "baseline" if kind == "baseline-group" else "trial"
+
+
+def runs_page(server: str, experiment_id: str, kind: str = "trial",
+              db: str | Path | None = None) -> str:
     """The MLflow UI page of a sweep's trial runs (``kind``: or a baseline's depths): the
     training view (not the GenAI overview MLflow 3 opens by default), those runs only, best
-    validation accuracy first."""
+    validation accuracy first, the objectives as columns: the saved view the experiment holds
+    (``.view``). With ``db`` given and no view in it (recorded before views were), the same runs
+    and sort set by the URL, without the columns."""
+    if db is None or experiment_tag(db, experiment_id, VIEW_TAG) is not None:
+        return view_page(server, experiment_id)
     query = ("workflowType=machine_learning&orderByKey=metrics.%60val_accuracy%60"
              f"&orderByAsc=false&searchFilter=tags.%60layertune.kind%60%20%3D%20%27{kind}%27")
     return f"{server}/#/experiments/{experiment_id}/runs?{query}"
