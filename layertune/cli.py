@@ -313,7 +313,8 @@ def ui_command(args: argparse.Namespace) -> int:
         pages = recorded_experiments(db) if db else {}
         print(f"sweep {name}: {server}\n  {shlex.join(cmd)}")
         for sweep, experiment_id in pages.items():
-            print(f"  {sweep}: {runs_page(server, experiment_id, child_kind(db, experiment_id))}")
+            page = runs_page(server, experiment_id, child_kind(db, experiment_id), db)
+            print(f"  {sweep}: {page}")
     if args.dry_run:
         return 0
     print("the MLflow UI is starting; Ctrl-C stops it", flush=True)

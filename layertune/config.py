@@ -28,6 +28,12 @@ class ConfigError(ValueError):
     """Bad input: the message is one line naming the file, the key and what is allowed."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type when it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .config import first_line
 from .formats import DEFAULT_FORMAT, check_format, input_dtype, save_mlflow_model, write_network
 from .models import build_from_spec
 from .sections import GatedNetwork, GatedSection
@@ -139,7 +140,7 @@ def save_bundle(model: GatedNetwork, keep: list[bool], config: dict, folder: str
             raise
         # the user's network may not trace (data-dependent control flow, say): the trial
         # keeps its result and weights, the record logs no MLflow model and says why
-        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        reason = first_line(err)[:300]
         (folder / EXPORT_ERROR).write_text(
             f"{model.spec['factory']}: the compact network cannot be written as an MLflow "
             f"model ({type(err).__name__}: {reason}); its weights and architecture are in "

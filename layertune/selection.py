@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrialConfig
+from .config import ConfigError, TrialConfig, first_line
 from .contract import FINISHED, STATUS, STOPPED_BY
 from .front import knee
 from .tracking import (
@@ -68,7 +68,7 @@ def load_sweep(name: str, uri: str) -> SweepRecord:
     try:
         return _load_sweep(name, uri)
     except MlflowException as err:  # e.g. a database URI that does not answer
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ConfigError(f"--tracking-uri {uri}: {first}") from None
 
 

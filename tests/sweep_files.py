@@ -24,3 +24,22 @@ def prior_weight_space(*, seed: int = 0, more: str = "") -> str:
     text = text.replace("seed: 0}", f"seed: {seed}}}")
     return text.replace("objectives:\n", "".join(
         f"  {line}\n" for line in more.splitlines()) + "objectives:\n")
+
+
+def assert_refused(argv: list[str], words: list[str], capsys) -> None:
+    """``layertune ARGV`` exits 2 with one line, ``error: ...``, naming each of ``words``, and
+    starts no Ray."""
+    import ray
+
+    from layertune.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own checks (choices, types)
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for word in words:
+        assert word in err, err
+    assert not ray.is_initialized()

@@ -21,6 +21,7 @@ from layertune.cli import main
 from layertune.comparison import BASELINE_FILE, load_baseline, versus
 from layertune.front import dominates
 from layertune.sweep import plan_sweep, run_sweep
+from layertune.tracking.view import VIEW_ID, VIEW_TAG
 
 TRIAL = """\
 data: {name: digits, batch_size: 64, val_fraction: 0.2}
@@ -129,10 +130,14 @@ def test_front_shows_both_hypervolumes_and_marks_each_front_point(record):
         a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
 
 
-def test_ui_links_the_baselines_depth_runs(record):
+def test_ui_opens_the_baselines_depth_runs(record):
     code, out = cli("ui", "--storage", str(record["runs"]), "--dry-run")
     assert code == 0
     pages = {line.split(": ", 1)[0].strip(): line for line in out.splitlines()
              if "#/experiments/" in line}
-    assert "%27baseline%27" in pages[next(k for k in pages if k.startswith("baseline-"))]
-    assert "%27trial%27" in pages["s"]
+    assert len(pages) == 2 and all(f"viewStateShareKey={VIEW_ID}" in p for p in pages.values())
+    for folder, kind in (("base", "baseline"), ("s", "trial")):  # each view shows its own runs
+        client = MlflowClient(tracking_uri=f"sqlite:///{record['runs'] / folder / 'mlflow.db'}")
+        (exp,) = [e for e in client.search_experiments() if e.name in pages]
+        view = json.loads(json.loads(exp.tags[VIEW_TAG])["state"])
+        assert view["searchFilter"] == f"tags.`layertune.kind` = '{kind}'"

@@ -7,10 +7,7 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
-import ray
 from optuna.trial import TrialState
-from ray.cluster_utils import Cluster
 from ray_record import ray_reports
 from sweep_files import digits_trial, prior_weight_space
 
@@ -25,17 +22,6 @@ SPACE = prior_weight_space()
 def results(storage: Path) -> dict[str, list[dict]]:
     return {k: rows for k, rows in ray_reports(storage).items() if rows}
 
-
-@pytest.fixture
-def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    worker = c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    try:
-        yield c, worker
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def test_trials_run_on_both_nodes_and_move_when_one_is_lost(cluster, tmp_path, capsys):

@@ -13,7 +13,6 @@ import mlflow
 import pytest
 import ray
 import torch
-from ray.cluster_utils import Cluster
 from ray_record import ray_reports
 
 import layertune
@@ -108,17 +107,6 @@ def test_sweep_takes_module_level_functions_only():
         layertune.sweep(lambda: None, {"name": "digits"}, {"parameters": {}})
 
 
-@pytest.fixture
-def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    try:
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
-
 
 def test_sweep_of_a_module_outside_the_package_runs_on_two_nodes(cluster, user_folder,
                                                                  monkeypatch, tmp_path):
@@ -131,7 +119,7 @@ def test_sweep_of_a_module_outside_the_package_runs_on_two_nodes(cluster, user_f
     storage = tmp_path / "sweep"
     result = layertune.sweep(digits_net.net, digits_net.digits, SPACE_DICT,
                              data_kwargs={"batch_size": 128}, trial={"epochs": 1}, samples=2,
-                             name="user", storage=storage, address=cluster.address,
+                             name="user", storage=storage, address=cluster[0].address,
                              max_concurrent=2, scheduler="fifo")
     reports = ray_reports(storage)
     assert len(reports) == 2 and all(rows and rows[-1]["epoch"] == 1 for rows in

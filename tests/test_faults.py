@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -20,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 from ray_record import ray_reports
 from sweep_files import digits_trial, prior_weight_space
+from sweep_process import finish, kill_group, start, wait_for
 
 from layertune.search import open_storage
 
@@ -44,46 +44,11 @@ def sweep_args(trial: Path, space: Path, storage: Path, samples: int) -> list[st
             "--max-concurrent", "2", "--scheduler", "fifo"]
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
 def results(storage: Path) -> dict[str, list[dict]]:
     """Trials that have reported; an epoch here takes ~0.1 s and Ray copies reports into the
     sweep folder about once a second, so the trials below run for several seconds to be seen
     midway."""
     return {k: rows for k, rows in ray_reports(storage).items() if rows}
-
-
-def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"the sweep ended before the fault (rc {proc.returncode}):\n"
-                        f"{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for the sweep:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-
-
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 300.0) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"the sweep did not end:\n{log.read_text()[-3000:]}")
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """What is left of a killed driver's local Ray (its workers die with it on their own)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def assert_accounted_once(storage: Path, samples: int, epochs: int) -> dict[str, list[dict]]:

@@ -21,12 +21,10 @@ import time
 import optuna
 import pyarrow.fs as pafs
 import pytest
-import ray
 from optuna.trial import TrialState
-from ray.cluster_utils import Cluster
 from ray_record import ray_reports
 from sweep_files import digits_trial, prior_weight_space
-from test_faults import finish, kill_group, start, wait_for
+from sweep_process import finish, kill_group, start, wait_for
 
 from layertune.config import ConfigError
 from layertune.search import open_storage
@@ -119,17 +117,6 @@ def test_a_resume_must_use_the_working_folder_the_sweep_started_with(s3, tmp_pat
 
 EPOCHS, SAMPLES = 40, 2
 
-
-@pytest.fixture
-def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    worker = c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    try:
-        yield c, worker
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def test_a_sweep_in_a_bucket_moves_a_trial_off_a_lost_node(s3, cluster, tmp_path, capsys):

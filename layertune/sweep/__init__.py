@@ -19,48 +19,42 @@ in a worker), ``tuner`` (the Tuner, new or restored), ``monitor`` (the live tabl
 ``result`` (the front) and ``cli``.
 """
 
+import importlib
 import sys
 import types
+from typing import Any
 
-from .api import sweep
-from .cli import add_sweep_arguments, sweep_command
-from .cluster import check_resources, multi_node_warnings
-from .monitor import SweepMonitor
-from .plan import SCHEDULERS, SweepOptions, SweepPlan, plan_sweep
-from .result import SweepResult, collect, summary, write_front
-from .run import run_sweep
+# Exported names and their modules, imported on first use: a Ray worker imports this package
+# for the trainable alone and should not pay for MLflow, Optuna and the CLI (seconds a trial).
+_EXPORTS = {
+    "sweep": "api", "add_sweep_arguments": "cli", "sweep_command": "cli",
+    "check_resources": "cluster", "multi_node_warnings": "cluster", "SweepMonitor": "monitor",
+    "SCHEDULERS": "plan", "SweepOptions": "plan", "SweepPlan": "plan", "plan_sweep": "plan",
+    "SweepResult": "result", "collect": "result", "summary": "result",
+    "write_front": "result", "run_sweep": "run", "decide_by": "tuner",
+    "make_scheduler": "tuner",
+    # Tune's tuner.pkl of a sweep started before this was a package names this function
+    # layertune.sweep._trial_dirname; --resume of such a sweep looks it up here.
+    "_trial_dirname": "trainable",
+}
 
-# Tune's tuner.pkl of a sweep started before this was a package names this function
-# layertune.sweep._trial_dirname; --resume of such a sweep looks it up here.
-from .trainable import trial_dirname as _trial_dirname  # noqa: F401
-from .tuner import decide_by, make_scheduler
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    return getattr(module, "trial_dirname" if name == "_trial_dirname" else name)
 
 
 class _CallableModule(types.ModuleType):
     """``layertune.sweep(...)`` is ``api.sweep(...)``: the package is also the function."""
 
     def __call__(self, *args, **kwargs):  # noqa: D102
+        from .api import sweep
+
         return sweep(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = [
-    "SCHEDULERS",
-    "SweepMonitor",
-    "SweepOptions",
-    "SweepPlan",
-    "SweepResult",
-    "add_sweep_arguments",
-    "check_resources",
-    "collect",
-    "decide_by",
-    "make_scheduler",
-    "multi_node_warnings",
-    "plan_sweep",
-    "run_sweep",
-    "summary",
-    "sweep",
-    "sweep_command",
-    "write_front",
-]
+__all__ = sorted(name for name in _EXPORTS if not name.startswith("_"))

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from ..config import ConfigError
+from ..config import ConfigError, first_line
 from ..workers import Workers
 from .plan import SweepPlan
 
@@ -35,7 +35,7 @@ def start_ray(plan: SweepPlan) -> bool:
         # "local": a Ray of its own, never a cluster that happens to run on this machine
         ray.init(address=given or (None if address else "local"), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         # Ray picks up its auth token for "auto" only; a host:port needs RAY_AUTH_MODE=token
         # set before Python starts (Ray reads it at import).
         hint = "" if not address or address == "auto" else (

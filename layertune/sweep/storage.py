@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from ..config import ConfigError
+from ..config import ConfigError, first_line
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 # The driver's own files, copied beside Ray's on object storage (the record of what the sweep
@@ -59,7 +59,7 @@ class SweepStorage:
             bucket = root.split("/", 1)[0]
             found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise ConfigError(f"--storage {uri}: cannot reach it ({first}); credentials and "
                               "endpoint come from the standard environment variables") from None
         if not found or not root.strip("/"):
@@ -134,7 +134,7 @@ class DriverFilesSync(Callback):
         try:
             self.storage.upload(self.folder)
         except OSError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             print(f"warning: copying the driver's files to {self.storage.uri} failed ({first}); "
                   "retried at the next trial event", file=sys.stderr, flush=True)
 

@@ -12,10 +12,10 @@ from ray import tune
 from ..comparison import SECTIONS
 from ..config import TrialConfig
 from ..workers import DRIVER_RESOURCES, Workers
-from .plan import SweepPlan
 
 if TYPE_CHECKING:
     from .baseline import BaselinePlan
+    from .plan import SweepPlan
 
 
 # The name ``_train`` is the trainable's name in Tune's saved experiment: a resumed sweep must
