@@ -1,4 +1,5 @@
-"""Faults, for real: a killed or interrupted driver, a killed trial worker, a diverging trial.
+"""Faults, for real: an interrupted driver, a killed trial worker (a diverging trial is
+test_tracking's sweep; a killed driver, test_object_storage's).
 
 Each test runs ``layertune sweep`` as its own process (with its own local Ray), breaks it, and
 then checks that every trial is accounted for exactly once in Ray's results, the Optuna study
@@ -88,7 +89,9 @@ def epochs_of(rows: list[dict]) -> list[int]:
     return [r["epoch"] for r in rows]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+# SIGINT here; a SIGKILLed driver, whose saved state lags (nothing is written on the way
+# out), is test_object_storage's killed driver, resumed from the bucket alone.
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["SIGINT"])
 def test_a_stopped_driver_resumes_with_nothing_lost_or_run_twice(tmp_path: Path, sig) -> None:
     epochs, samples = 45, 5
     trial, space = write_inputs(tmp_path, epochs)
@@ -141,28 +144,3 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
     seen = epochs_of(after[victim])
     assert seen.count(1) == 1 and seen[-1] == epochs  # resumed, not restarted
     assert "Failure # 1" in (storage / "tune" / f"trial_{victim}" / "error.txt").read_text()
-
-
-def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    epochs, samples = 3, 4
-    trial, space = write_inputs(tmp_path, epochs,
-                                lr="{type: categorical, choices: [0.05, 1000000.0]}")
-    storage = tmp_path / "sweep"
-    log = tmp_path / "sweep.log"
-    proc = start(sweep_args(trial, space, storage, samples), log)
-    assert finish(proc, log) == 0, log.read_text()[-3000:]
-    study = optuna.load_study(study_name="f", storage=open_storage(storage))
-    states = {t.number: t.state for t in study.trials}
-    diverged = [t for t in study.trials if t.params["optimizer.lr"] > 1]
-    assert diverged and len(diverged) < samples  # the seed gives both kinds
-    assert all(t.state == TrialState.FAIL and t.user_attrs["stopped_by"] == "error"
-               for t in diverged)
-    assert all(s == TrialState.COMPLETE for n, s in states.items()
-               if n not in {t.number for t in diverged})
-    errors = sorted((storage / "tune").glob("trial_*/error.txt"))
-    assert len(errors) == len(diverged)
-    assert all("training loss is nan" in e.read_text() for e in errors)
-    assert f"{len(diverged)} failed" in log.read_text()
-    with sqlite3.connect(storage / "mlflow.db") as db:
-        statuses = [s for (s,) in db.execute("select status from runs")]
-    assert statuses.count("FAILED") == len(diverged) and "RUNNING" not in statuses

@@ -5,18 +5,21 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_models import CASES, _batch, _build
 
-from layertune.config import MLPConfig
+from layertune.config import MLPConfig, load_trial
 from layertune.export import compact
 from layertune.gates import GateController
 from layertune.models import build_model
 from layertune.prior import PriorSettings, decay_coefficient, energies
 from layertune.sections import GatedNetwork
+from layertune.train import TrialResult, run_trial
 
 SETTINGS = PriorSettings(prior_scale=1.0, spike_ratio=0.1, hyperprior_strength=1.0,
                          prior_weight=1.0, num_train=100)
@@ -293,14 +296,18 @@ def test_a_gate_left_inside_goes_to_the_vertex_where_the_objective_is_lower() ->
 # --- properties 1 and 6, reduced: one seed of reference experiment (a) ----------------------
 
 
+def _reference_a(overrides: dict) -> TrialResult:
+    """Reference experiment (a) at one thread (the suite's setting), its network dropped."""
+    torch.set_num_threads(1)
+    result = run_trial(load_trial("trials/mnist1d_cnn.yaml", overrides), lambda m, c: None)
+    return dataclasses.replace(result, model=None)
+
+
 @pytest.fixture(scope="module")
 def reference_a():
-    from layertune.config import load_trial
-    from layertune.train import run_trial
-
-    learned = run_trial(load_trial("trials/mnist1d_cnn.yaml"), lambda m, c: None)
-    fixed = run_trial(load_trial("trials/mnist1d_cnn.yaml", {"method.gates": "fixed"}),
-                      lambda m, c: None)
+    # the learned and the gates-fixed run at once, a process each: one core each on CI's two
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        learned, fixed = pool.map(_reference_a, [{}, {"method.gates": "fixed"}])
     return learned, fixed
 
 

@@ -420,8 +420,13 @@ def test_every_command_the_summary_prints_runs(sweep, tmp_path):
     assert {c[0] for c in commands} == {"layertune", "optuna-dashboard"}
     assert {c[1] for c in commands if c[0] == "layertune"} == {"front", "export", "ui"}
     bin_dir = Path(sys.executable).parent
+    running = []  # all at once: each is mostly its imports
     for command in commands:
         serves = command[0] == "optuna-dashboard" or command[1] == "ui"
         argv = [str(bin_dir / command[0]), *command[1:], *(["--help"] if serves else [])]
-        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, (command, done.stderr[-2000:])
+        running.append((command, subprocess.Popen(argv, cwd=tmp_path, text=True,
+                                                  stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE)))
+    for command, proc in running:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (command, err[-2000:])

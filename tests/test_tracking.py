@@ -24,17 +24,20 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 import ray
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from optuna.trial import TrialState
 from ray_record import ray_reports
 
 from layertune.cli import main
 from layertune.config import ConfigError
 from layertune.data import load_data
 from layertune.front import knee
+from layertune.search import open_storage
 from layertune.selection import load_sweep
 from layertune.sweep import plan_sweep, run_sweep, summary
 from layertune.tracking import SweepRecorder, gate_key, resolve_uri
@@ -171,6 +174,14 @@ def test_statuses_and_reasons(sweep):
             assert rows[-1]["epoch"] == EPOCHS and "stopped_by" not in tags
         seen.add(tags["status"])
     assert seen == {"finished", "stopped", "failed"}  # the seed samples all three
+    # Optuna agrees: the diverged trial FAIL (an error, not a stop), the sweep went on past it
+    states = {t.user_attrs["ray_trial_id"]: (t.state, t.user_attrs.get("stopped_by"))
+              for t in optuna.load_study(study_name="tr",
+                                         storage=open_storage(plan.folder)).trials}
+    for tid, child in children.items():
+        assert states[tid] == {"failed": (TrialState.FAIL, "error"),
+                               "stopped": (TrialState.PRUNED, "degenerate"),
+                               "finished": (TrialState.COMPLETE, None)}[child.data.tags["status"]]
 
 
 def test_trial_artifacts(sweep, tmp_path):

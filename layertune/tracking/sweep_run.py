@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..comparison import Versus, find_baseline, versus
-from ..config import ConfigError
+from ..config import ConfigError, first_line
 from ..front import hypervolume
 from .artifacts import write_front
 from .environment import environment
@@ -114,8 +114,7 @@ class SweepRun:
                     if not same_view(exp.tags.get(key), value):
                         client.set_experiment_tag(exp.experiment_id, key, value)
         except MlflowException as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"--tracking-uri {s.uri}: {first}") from None
+            raise ConfigError(f"--tracking-uri {s.uri}: {first_line(err)}") from None
         self.client = client
 
     def _view(self) -> dict[str, str]:
