@@ -120,7 +120,8 @@ class CollapseSettings(_Strict):
     chance_margin: float = Field(0.05, ge=0.0, le=1.0, description="'near chance' band")
     margin: float = Field(0.01, ge=0.0, le=1.0, description="accuracy lead that dominates")
     decide_by: int | None = Field(None, ge=1, description="epochs undecided trials may run")
-    grace_epochs: int = Field(2, ge=1, description="epochs before accuracy may stop a trial")
+    grace_epochs: int = Field(2, ge=1, description="the first epoch at which accuracy may stop "
+                              "a collapsed trial (near chance or dominated)")
     reduction_factor: float = Field(3.0, gt=1.0, description="ASHA rung spacing and cut")
 
 

@@ -70,19 +70,31 @@ def test_above_chance_band_is_not_degenerate():
 def test_dominated_collapse_stops():
     s = make(margin=0.02)
     a, b = trial("a"), trial("b")
-    assert feed(s, a, result(1, 0.90, 3)) == CONTINUE
-    # b collapsed at epoch 1 with more sections and lower accuracy: dominated by a.
-    assert feed(s, b, result(1, 0.85, 5)) == STOP
+    assert feed(s, a, result(2, 0.90, 3)) == CONTINUE
+    # b collapsed at epoch 2 with more sections and lower accuracy: dominated by a.
+    assert feed(s, b, result(2, 0.85, 5)) == STOP
     assert s.stops["b"][STOPPED_BY] == "dominated"
-    assert "trial a at epoch 1" in s.stops["b"][STOP_REASON]
+    assert "trial a at epoch 2" in s.stops["b"][STOP_REASON]
 
 
 def test_dominance_needs_the_margin_and_no_more_sections():
     s = make(margin=0.02)
-    feed(s, trial("a"), result(1, 0.90, 3))
-    assert feed(s, trial("b"), result(1, 0.89, 5)) == CONTINUE  # lead 0.01 < margin
-    assert feed(s, trial("c"), result(1, 0.50, 2)) == CONTINUE  # fewer sections: not dominated
-    assert feed(s, trial("d"), result(1, 0.80, 3)) == STOP  # same sections, 0.1 behind
+    feed(s, trial("a"), result(2, 0.90, 3))
+    assert feed(s, trial("b"), result(2, 0.89, 5)) == CONTINUE  # lead 0.01 < margin
+    assert feed(s, trial("c"), result(2, 0.50, 2)) == CONTINUE  # fewer sections: not dominated
+    assert feed(s, trial("d"), result(2, 0.80, 3)) == STOP  # same sections, 0.1 behind
+
+
+def test_dominance_only_from_grace_epochs_on():
+    # right after an early decision accuracy dips: a 1-section trial at 0.12 is behind a
+    # 0-section one at 0.16, and ends far ahead of it
+    s = make(grace_epochs=4, min_layers=0)
+    zero, one = trial("zero"), trial("one")
+    feed(s, zero, result(2, 0.16, 0))
+    assert feed(s, one, result(2, 0.12, 1)) == CONTINUE
+    feed(s, zero, result(4, 0.45, 0))
+    assert feed(s, one, result(4, 0.40, 1)) == STOP  # still behind at grace: judged
+    assert s.stops["one"][STOPPED_BY] == "dominated"
 
 
 def test_dominance_compares_the_same_epoch_only():
@@ -94,9 +106,9 @@ def test_dominance_compares_the_same_epoch_only():
 
 def test_margin_zero_needs_strict_improvement():
     s = make(margin=0.0)
-    feed(s, trial("a"), result(1, 0.9, 3))
-    assert feed(s, trial("b"), result(1, 0.9, 3)) == CONTINUE  # a tie is not dominance
-    assert feed(s, trial("c"), result(1, 0.9, 4)) == STOP
+    feed(s, trial("a"), result(2, 0.9, 3))
+    assert feed(s, trial("b"), result(2, 0.9, 3)) == CONTINUE  # a tie is not dominance
+    assert feed(s, trial("c"), result(2, 0.9, 4)) == STOP
 
 
 def test_undecided_trial_runs_until_decide_by():
