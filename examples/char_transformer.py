@@ -106,29 +106,21 @@ class CharTransformer(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gates", choices=["learned", "fixed"], default="learned")
-    p.add_argument("--epochs", type=int, default=3)
+    # imported here: as factories (README), this file's functions travel to Ray workers alone
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from loop import loop_options, settings, train
+
+    p = loop_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]), epochs=3,
+                     decide_at=1, lr=2e-3, batch_size=64)
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--megabytes", type=float, default=1.0, help="of Python source (max ~30)")
-    p.add_argument("--decide-at", type=int, default=1)
-    p.add_argument("--tolerance", type=float, default=0.7)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--steps", type=int, default=None, help="minibatches per epoch (tests)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    # imported here: as factories (README), this file's functions travel to Ray workers alone
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from loop import train
-
     torch.manual_seed(a.seed)
     data = text_data(a.megabytes, a.seq, a.batch_size, a.seed)
     net = CharTransformer(a.depth, a.dim, seq=a.seq)
-    out = train(net, data, epochs=a.epochs, optimizer="adamw", lr=a.lr, gates=a.gates,
-                decide_at=a.decide_at, tolerance=a.tolerance, steps=a.steps)
+    out = train(net, data, optimizer="adamw", **settings(a))
     out["bits_per_char"] = out["val_loss"] / math.log(2)
     print({k: v for k, v in out.items() if k != "network"})
     return out

@@ -4,11 +4,13 @@
 the method adds: gate the residual blocks, draw the gates each minibatch, let ``pruner.step``
 take the optimiser's step with the gate step, the prior and the pruning rule, decide the
 structure once after ``decide_at`` epochs. ``gates="fixed"`` trains the same network without
-gates (every block kept): the baseline. ``resnet18_mnist.py`` and ``vit_mnist.py`` call it.
+gates (every block kept): the baseline. The examples beside it call it, with the options of
+``loop_options``.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Iterable
 
@@ -19,6 +21,27 @@ from torch import Tensor, nn
 import layertune
 from layertune.batchnorm import recalibrate
 from layertune.data import DataBundle
+
+
+def loop_options(parser: argparse.ArgumentParser, *, epochs: int, decide_at: int, lr: float,
+                 batch_size: int) -> argparse.ArgumentParser:
+    """The options every example has: ``train``'s settings (``settings(args)``), the batch
+    size and the seed, with the example's defaults."""
+    parser.add_argument("--gates", choices=["learned", "fixed"], default="learned")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--decide-at", type=int, default=decide_at)
+    parser.add_argument("--tolerance", type=float, default=0.7)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--steps", type=int, default=None, help="minibatches per epoch (tests)")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """``train``'s keywords from the options of ``loop_options``."""
+    return {"epochs": args.epochs, "lr": args.lr, "gates": args.gates,
+            "decide_at": args.decide_at, "tolerance": args.tolerance, "steps": args.steps}
 
 
 def train(

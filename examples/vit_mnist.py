@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop import train  # noqa: E402
+from loop import loop_options, settings, train  # noqa: E402
 
 from layertune.config import DataConfig  # noqa: E402
 from layertune.data import load_data  # noqa: E402
@@ -82,22 +82,14 @@ class ViT(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gates", choices=["learned", "fixed"], default="learned")
-    p.add_argument("--epochs", type=int, default=6)
+    p = loop_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]), epochs=6,
+                     decide_at=2, lr=2e-3, batch_size=128)
     p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--decide-at", type=int, default=2)
-    p.add_argument("--tolerance", type=float, default=0.7)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--steps", type=int, default=None, help="minibatches per epoch (tests)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.manual_seed(a.seed)
     data = load_data(DataConfig(name="mnist", batch_size=a.batch_size), a.seed,
                      torch.device("cpu"))
-    out = train(ViT(depth=a.depth), data, epochs=a.epochs, optimizer="adamw", lr=a.lr,
-                gates=a.gates, decide_at=a.decide_at, tolerance=a.tolerance, steps=a.steps)
+    out = train(ViT(depth=a.depth), data, optimizer="adamw", **settings(a))
     print({k: v for k, v in out.items() if k != "network"})
     return out
 

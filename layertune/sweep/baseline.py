@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 
 from ..baseline import GridPoint, depth_grid, max_depth
@@ -35,7 +34,7 @@ from ..comparison import BASELINE_FILE, SECTIONS, Baseline, config_digest, load_
 from ..config import ConfigError, FactoryConfig, TrialConfig, load_trial
 from ..front import format_table, hypervolume
 from ..tracking import BASELINE_GROUP, BASELINE_KIND, SweepRecorder, resolve_uri
-from .cluster import check_resources, multi_node_warnings, resources_text, start_ray
+from .cluster import ray_for, resources_text
 from .monitor import SweepMonitor
 from .plan import RECORD, SweepOptions, trial_chance
 from .run import _quiet
@@ -133,19 +132,12 @@ def run_baseline(plan: BaselinePlan, *, live: bool = True) -> Baseline | None:
               f"{len(b.rows)} depths); --recompute trains it again", flush=True)
         return b
     _quiet()
-    started = start_ray(plan)
-    try:
-        check_resources(plan)
-        for line in multi_node_warnings(plan):
-            print(f"warning: {line}", file=sys.stderr, flush=True)
+    with ray_for(plan):
         plan.folder.mkdir(parents=True, exist_ok=True)
         # an earlier interrupted (or, with --recompute, finished) run of this baseline
         shutil.rmtree(plan.folder / "tune", ignore_errors=True)
         (plan.folder / BASELINE_FILE).unlink(missing_ok=True)
         rows = _fit(plan, live)
-    finally:
-        if started:
-            ray.shutdown()
     if rows is None:
         return None
     path = plan.folder / BASELINE_FILE

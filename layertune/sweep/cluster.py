@@ -9,6 +9,8 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -45,6 +47,21 @@ def start_ray(plan: SweepPlan) -> bool:
         raise ConfigError(f"--address {address or 'local'}: cannot start or join Ray "
                           f"({first}){hint}") from None
     return True
+
+
+@contextmanager
+def ray_for(plan: SweepPlan, keep: bool = False) -> Iterator[None]:
+    """Ray started or joined for ``plan``, its resources checked and the multi-node warnings
+    printed; shut down on the way out if started here, unless ``keep``."""
+    started = start_ray(plan)
+    try:
+        check_resources(plan)
+        for line in multi_node_warnings(plan):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+        yield
+    finally:
+        if started and not keep:
+            ray.shutdown()
 
 
 def _check_shipped(plan: SweepPlan) -> None:

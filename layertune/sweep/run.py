@@ -9,11 +9,10 @@ import sys
 import time
 
 import optuna
-import ray
 from optuna.trial import TrialState
 
 from ..search import check_study, close_running, open_storage
-from .cluster import check_resources, multi_node_warnings, resources_text, start_ray
+from .cluster import ray_for, resources_text
 from .plan import RECORD, SweepPlan
 from .result import SweepResult, collect, write_front
 from .tuner import SweepTuner, new_tuner, restore_tuner
@@ -27,11 +26,7 @@ def run_sweep(plan: SweepPlan, *, live: bool = True, interval: float | None = No
     started it, unless ``keep_ray``.
     """
     _quiet()
-    started = start_ray(plan)
-    try:
-        check_resources(plan)
-        for line in multi_node_warnings(plan):
-            print(f"warning: {line}", file=sys.stderr, flush=True)
+    with ray_for(plan, keep=keep_ray):
         plan.folder.mkdir(parents=True, exist_ok=True)
         if plan.storage.remote and plan.options.resume and not (plan.folder / RECORD).exists():
             fetched = plan.storage.download(plan.folder)  # a fresh driver machine
@@ -44,9 +39,6 @@ def run_sweep(plan: SweepPlan, *, live: bool = True, interval: float | None = No
         if plan.storage.remote:
             plan.storage.upload(plan.folder)
         return _run(plan, storage, live, interval)
-    finally:
-        if started and not keep_ray:
-            ray.shutdown()
 
 
 def _quiet() -> None:
