@@ -155,6 +155,7 @@ def validation_accuracy(net: Any, config: TrialConfig, device: str = "cpu") -> f
     from .factory import trial_data
 
     dev = torch.device(device)
+    torch.manual_seed(config.seed)  # as Trial does: a data factory's split may draw from it
     data = trial_data(config, dev)
     net = net.to(dev).eval()
     correct, count = 0, 0

@@ -18,8 +18,16 @@ from ray_record import ray_reports
 import layertune
 from layertune.cli import main
 from layertune.config import ConfigError, FactoryConfig, validate
-from layertune.export import BUNDLE_FILES, EXPORT_ERROR, load_compact, save_bundle, save_compact
+from layertune.export import (
+    BUNDLE_FILES,
+    EXPORT_ERROR,
+    compact,
+    load_compact,
+    save_bundle,
+    save_compact,
+)
 from layertune.factory import check_factories, user_model
+from layertune.selection import validation_accuracy
 from layertune.tracking.artifacts import copy_model
 from layertune.train import run_trial
 
@@ -100,6 +108,18 @@ def test_trial_of_factories_trains_and_exports_the_users_network(user_folder, mo
     program = torch.export.load(paths["network"]).module()
     assert torch.allclose(rebuilt(x), program(x), atol=1e-5)
     assert sum(not isinstance(b, torch.nn.Identity) for b in rebuilt.blocks) == sum(result.keep)
+
+
+def test_export_rechecks_on_the_split_the_trial_validated_on(user_folder, monkeypatch):
+    # a data factory that splits with torch's global generator: seeded as the trial seeded it
+    monkeypatch.syspath_prepend(str(user_folder))
+    config = validate({"model": {"factory": "digits_net:net"}, "epochs": 1, "seed": 3,
+                       "data": {"factory": "digits_net:digits", "kwargs": {"split_seed": None}}},
+                      "test")
+    result = run_trial(config, lambda m, _: None)
+    torch.manual_seed(1234)  # whatever ran before in the exporting process
+    net = compact(result.model, result.keep)
+    assert validation_accuracy(net, config) == pytest.approx(result.final["val_accuracy"])
 
 
 def test_sweep_takes_module_level_functions_only():

@@ -38,11 +38,14 @@ def net(depth: int = 3, width: int = 32, classes: int = 10) -> nn.Module:
     return Net(depth, width, classes)
 
 
-def digits(batch_size: int = 64, in_shape: tuple[int, ...] = (64,)) -> tuple:
-    """sklearn's 8x8 digits as torch loaders: (train, val, num_classes, in_shape)."""
+def digits(batch_size: int = 64, in_shape: tuple[int, ...] = (64,),
+           split_seed: int | None = 0) -> tuple:
+    """sklearn's 8x8 digits as torch loaders: (train, val, num_classes, in_shape); the split
+    drawn with ``split_seed``, or with torch's global generator (None)."""
     x, y = load_digits(return_X_y=True)
     x, y = torch.tensor(x / 16, dtype=torch.float32), torch.tensor(y)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    seeded = None if split_seed is None else torch.Generator().manual_seed(split_seed)
+    order = torch.randperm(len(y), generator=seeded)
     train, val = order[:1400], order[1400:]
     return (DataLoader(TensorDataset(x[train], y[train]), batch_size, shuffle=True),
             DataLoader(TensorDataset(x[val], y[val]), 256), 10, tuple(in_shape))
