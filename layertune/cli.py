@@ -121,11 +121,14 @@ def _train_on_workers(config: TrialConfig, workers: Workers, out: Path, fmt: str
     from ray.train import TrainingFailedError
     from ray.util.queue import Empty, Queue
 
+    from .factory import modules_to_ship
     from .workers import run_on_workers
 
     if not ray.is_initialized():  # "local": never a cluster that happens to run here
+        shipped = modules_to_ship(config)  # the user's factories, for workers on other nodes
         ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local",
-                 logging_level=logging.WARNING, log_to_driver=False)
+                 logging_level=logging.WARNING, log_to_driver=False,
+                 runtime_env={"py_modules": shipped} if shipped else None)
     lines = Queue(actor_options={"num_cpus": 0})
     failed: list[BaseException] = []
     with tempfile.TemporaryDirectory(prefix="layertune-train-") as storage:
