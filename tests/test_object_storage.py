@@ -39,25 +39,11 @@ SECRET = "s3cret-never-written"
 def s3(tmp_path, monkeypatch):
     """An S3 server on 127.0.0.1 with a bucket ``sweeps``; the standard AWS variables point
     at it (inherited by Ray's nodes and by drivers started as processes)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+    server, endpoint = _moto_server()
     for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": SECRET,
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setenv(key, value)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("moto's S3 server did not start")
-                time.sleep(0.2)
         import boto3
 
         boto3.client("s3").create_bucket(Bucket="sweeps")
@@ -65,6 +51,28 @@ def s3(tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _moto_server(tries: int = 3) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server on a free port of 127.0.0.1, and its endpoint; another port if the
+    one picked was taken before the server bound it."""
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                   "-p", str(port)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return server, f"http://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.2)
+        server.kill()
+        server.wait()
+    pytest.fail("moto's S3 server did not start")
 
 
 def files_in(storage: SweepStorage, *parts: str) -> list[str]:
