@@ -115,7 +115,8 @@ class DistributedTrial(Trial):
         super().__init__(config, data)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.data = shard_bundle(self.data, self.rank, self.world, config.seed)
-        self.pruner.reduce = mean_over_ranks
+        # dL/dz from DDP's averaged gradients is the same on every rank: nothing to send
+        self.pruner.reduce = None if self.gates.from_weight_gradients else mean_over_ranks
         self._ddp: DistributedDataParallel | None = None
         self._ddp_pruned: list[int] = []
 

@@ -132,6 +132,12 @@ class GateController:
         return self.estimator == "first_order" and self._euler is None
 
     @property
+    def from_weight_gradients(self) -> bool:
+        """Whether dL/dz is read from the weights' gradients (Euler): under DDP those are
+        averaged over the ranks already, and so is dL/dz."""
+        return self.estimator == "first_order" and self._euler is not None
+
+    @property
     def alive(self) -> list[int]:
         return [i for i, s in enumerate(self.sections) if not s.pruned]
 
