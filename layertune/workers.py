@@ -139,15 +139,12 @@ def worker_loop(loop_config: dict) -> None:
     import torch
 
     from .distributed import DistributedTrial
-    from .export import save_bundle
-    from .train import TrialDiverged, run_trial
+    from .in_ray import run_in_ray
 
     torch.set_num_threads(loop_config["threads"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     diverged = Path(loop_config["diverged"]) if loop_config["diverged"] else None
-    if diverged is not None and diverged.exists():  # a retry would diverge again
-        raise TrialDiverged(diverged.read_text())
     config = TrialConfig.model_validate(loop_config["trial"])
     if config.device != "cpu":  # the device Ray Train gave this worker (cpu when no GPU)
         config = config.with_overrides({"device": str(ray.train.torch.get_device())},
@@ -162,22 +159,8 @@ def worker_loop(loop_config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
         ray.train.report({**metrics, "node_id": node}, checkpoint=checkpoint)
 
-    def bundle(model: Any, keep: list[bool], folder: str) -> None:
-        save_bundle(model, keep, config.model_dump(mode="json"), folder)
-
-    last = bundle if rank == 0 and loop_config["export"] else None
-    checkpoint = ray.train.get_checkpoint()
-    try:
-        if checkpoint is None:
-            result = run_trial(config, report, checkpoint=rank == 0, last_checkpoint=last,
-                               trial=trial)
-        else:
-            with checkpoint.as_directory() as folder:
-                result = run_trial(config, report, checkpoint=rank == 0, resume_from=folder,
-                                   last_checkpoint=last, trial=trial)
-    except TrialDiverged as err:
-        if diverged is not None:
-            diverged.write_text(str(err))
-        raise
+    result = run_in_ray(config, report, ray.train.get_checkpoint(), save=rank == 0,
+                        export=rank == 0 and loop_config["export"], diverged=diverged,
+                        trial=trial)
     if rank == 0 and loop_config["on_result"] is not None:
         loop_config["on_result"](result)

@@ -34,8 +34,7 @@ def _train(config: dict, base: dict, threads: int, export: bool = True,
         return
     import torch
 
-    from ..export import save_bundle
-    from ..train import TrialDiverged, run_trial
+    from ..in_ray import run_in_ray
 
     torch.set_num_threads(threads)  # the trial's CPU share, not the whole node
     trial_config = TrialConfig.model_validate(base).with_overrides(config, source="sweep")
@@ -46,27 +45,8 @@ def _train(config: dict, base: dict, threads: int, export: bool = True,
         checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
         tune.report({**metrics, "node_id": node}, checkpoint=checkpoint)
 
-    # Tune retries every error from its last checkpoint (--max-failures), which is right for a
-    # lost worker or node and pointless for a loss that went NaN: that one fails at once.
-    diverged = Path(tune.get_context().get_trial_dir(), "diverged.txt")
-    if diverged.exists():
-        raise TrialDiverged(diverged.read_text())
-
-    def bundle(model: Any, keep: list[bool], folder: str) -> None:
-        save_bundle(model, keep, trial_config.model_dump(mode="json"), folder)
-
-    last = bundle if export else None
-    checkpoint = tune.get_checkpoint()
-    try:
-        if checkpoint is None:
-            run_trial(trial_config, report, checkpoint=True, last_checkpoint=last)
-            return
-        with checkpoint.as_directory() as folder:  # Tune retried the trial: go on from there
-            run_trial(trial_config, report, checkpoint=True, resume_from=folder,
-                      last_checkpoint=last)
-    except TrialDiverged as err:
-        diverged.write_text(str(err))
-        raise
+    run_in_ray(trial_config, report, tune.get_checkpoint(), export=export,
+               diverged=Path(tune.get_context().get_trial_dir(), "diverged.txt"))
 
 
 def _train_on_workers(config: dict, base: dict, workers: Workers, export: bool,
