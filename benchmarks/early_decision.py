@@ -36,8 +36,8 @@ VARIANTS = {"channels 64": {"model.channels": 64}, "depth 16": {"model.depth": 1
             "depth 12, channels 16": {"model.depth": 12, "model.channels": 16}}
 
 
-def run(seed: int, overrides: dict, trial: str = TRIAL) -> dict:
-    config = load_trial(trial, {"seed": seed, **overrides})
+def run(seed: int, overrides: dict) -> dict:
+    config = load_trial(TRIAL, {"seed": seed, **overrides})
     start = time.perf_counter()
     history = run_trial(config, lambda m, c: None).history
     vals = [h["val_accuracy"] for h in history]
