@@ -104,8 +104,14 @@ def rules(epochs: int) -> dict[str, Callable[[], TrialScheduler]]:
     asha = dict(time_attr="epoch", metric="val_accuracy", mode="max", max_t=epochs,
                 reduction_factor=3)
     return {
-        "gate-collapse, decide_by 4 (default)": lambda: GateCollapseScheduler(max_t=epochs,
-                                                                              decide_by=4),
+        # search_spaces/cnn1d.yaml's own setting (what the sweeps ran), then shorter graces:
+        # accuracy (near chance, dominated) judged from that epoch on
+        "gate-collapse, grace 4 (cnn1d.yaml)": lambda: GateCollapseScheduler(
+            max_t=epochs, decide_by=4, grace_epochs=4),
+        "gate-collapse, grace 3": lambda: GateCollapseScheduler(max_t=epochs, decide_by=4,
+                                                                grace_epochs=3),
+        "gate-collapse, decide_by 4 (grace 2, the default)": lambda: GateCollapseScheduler(
+            max_t=epochs, decide_by=4),
         "gate-collapse, decide_by 5": lambda: GateCollapseScheduler(max_t=epochs, decide_by=5),
         "gate-collapse, decide_by 3": lambda: GateCollapseScheduler(max_t=epochs, decide_by=3),
         "accuracy-only rungs, decide_by 5": lambda: AccuracyRungs(max_t=epochs, decide_by=5),
