@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 
@@ -81,6 +82,29 @@ def x_dims(batches: list) -> int:
     return batches[0][0].dim()
 
 
+def plain_step_of(trial: Trial, x_dim: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """What ``trial.step`` does, on the same network without gates (every section kept):
+    its own optimiser and schedule, the trial's autocast and channels_last."""
+    config, dev = trial.config, trial.device
+    plain = compact(trial.model, [True] * len(trial.model.sections)).to(dev).train()
+    if config.channels_last and dev.type == "cuda" and x_dim == 4:
+        plain.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(plain, config)
+    schedule = make_schedule(optimizer, config, len(trial.data.train))
+
+    def plain_step(x, y) -> None:
+        if config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with trial.autocast:
+            loss = F.cross_entropy(plain(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+
+    return plain_step
+
+
 def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int,
             repeats: int = 3) -> dict:
     config = load_trial(trial_file, {**overrides, "device": device,
@@ -92,22 +116,7 @@ def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int
         batches.append((x.to(dev), y.to(dev)))
         if len(batches) == steps:
             break
-    plain = compact(trial.model, [True] * len(trial.model.sections)).to(dev).train()
-    if config.channels_last and dev.type == "cuda" and x_dims(batches) == 4:
-        plain.to(memory_format=torch.channels_last)
-    plain_opt = make_optimizer(plain, config)
-    plain_schedule = make_schedule(plain_opt, config, len(trial.data.train))
-
-    def plain_step(x, y):  # what Trial.step does without gates
-        if config.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with trial.autocast:
-            loss = F.cross_entropy(plain(x), y)
-        plain_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        plain_opt.step()
-        plain_schedule.step()
-
+    plain_step = plain_step_of(trial, x_dims(batches))
     trial.model.train()
     gated, base, ratio, fastest = _paired(trial.step, plain_step, batches, dev, repeats)
     keep = [i % 2 == 0 for i in range(len(trial.model.sections))]

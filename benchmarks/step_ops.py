@@ -12,13 +12,15 @@ import argparse
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from layertune.config import load_trial
-from layertune.export import compact
-from layertune.optim import make_optimizer, make_schedule
 from layertune.train import Trial
+
+try:
+    from overhead import plain_step_of
+except ImportError:  # imported as benchmarks.step_ops
+    from benchmarks.overhead import plain_step_of
 
 
 def _profile(step, batches) -> tuple[Counter, Counter]:
@@ -44,16 +46,7 @@ def main() -> None:
                                      "method.theta_lr": 1e-9})
     trial = Trial(config)
     batches = [b for _, b in zip(range(2 * args.steps), trial.data.train, strict=False)]
-    plain = compact(trial.model, [True] * len(trial.model.sections)).train()
-    optimizer = make_optimizer(plain, config)
-    schedule = make_schedule(optimizer, config, len(trial.data.train))
-
-    def plain_step(x, y) -> None:
-        loss = F.cross_entropy(plain(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    plain_step = plain_step_of(trial, batches[0][0].dim())
 
     trial.model.train()
     for x, y in batches[:args.steps]:  # warm-up

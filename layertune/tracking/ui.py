@@ -31,31 +31,30 @@ def recorded_sweeps(db: str | Path) -> list[str]:
     return list(recorded_experiments(db))
 
 
-def recorded_experiments(db: str | Path) -> dict[str, str]:
-    """Sweep name -> MLflow experiment id in an MLflow sqlite file, read without MLflow."""
+def _read(db: str | Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Rows of a query on an MLflow sqlite file, read-only and without MLflow (none when the
+    file is missing or not MLflow's)."""
     import sqlite3
 
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            rows = con.execute("select name, experiment_id from experiments where "
-                               "lifecycle_stage = 'active' and name != 'Default' "
-                               "order by experiment_id").fetchall()
+            return con.execute(sql, args).fetchall()
     except sqlite3.Error:
-        return {}
+        return []
+
+
+def recorded_experiments(db: str | Path) -> dict[str, str]:
+    """Sweep name -> MLflow experiment id in an MLflow sqlite file, read without MLflow."""
+    rows = _read(db, "select name, experiment_id from experiments where lifecycle_stage = "
+                 "'active' and name != 'Default' order by experiment_id")
     return {name: str(i) for name, i in rows}
 
 
 def experiment_tag(db: str | Path, experiment_id: str, key: str) -> str | None:
     """An experiment's tag in an MLflow sqlite file (None: not set), read without MLflow."""
-    import sqlite3
-
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            row = con.execute("select value from experiment_tags where experiment_id = ? and "
-                              "key = ?", (experiment_id, key)).fetchone()
-    except sqlite3.Error:
-        row = None
-    return row[0] if row else None
+    rows = _read(db, "select value from experiment_tags where experiment_id = ? and key = ?",
+                 (experiment_id, key))
+    return rows[0][0] if rows else None
 
 
 def child_kind(db: str | Path, experiment_id: str) -> str:
