@@ -6,6 +6,7 @@ A search-space YAML (``search_spaces/*.yaml``)::
       method.prior_scale: {type: float, low: 0.1, high: 10, log: true}
       model.depth: {type: int, low: 4, high: 16}
       optimizer.name: {type: categorical, choices: [sgd, adamw]}
+      method.decide_sections: {type: int, low: 0, high: 8, cover: true}  # each value once first
     objectives:                      # default: val_accuracy max, active_layers min
       - {metric: val_accuracy, mode: max}
       - {metric: active_layers, mode: min}
@@ -19,6 +20,7 @@ so a key the trial config does not have (or a range it refuses) fails here too.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -68,6 +70,7 @@ class IntParam(_Strict):
     high: int
     log: bool = False
     step: int = Field(1, ge=1)
+    cover: bool = Field(False, description="the first trials take each value once")
 
     @model_validator(mode="after")
     def _range(self) -> IntParam:
@@ -83,6 +86,7 @@ class IntParam(_Strict):
 class CategoricalParam(_Strict):
     type: Literal["categorical"]
     choices: list[Scalar] = Field(min_length=1)
+    cover: bool = Field(False, description="the first trials take each choice once")
 
 
 Parameter = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
@@ -228,6 +232,44 @@ def check_parameters(space: SearchSpace, trial: TrialConfig, source: str) -> Non
             probes += [{**mid, key: c} for c in p.choices]
     for probe in probes:
         trial.with_overrides(probe, source=f"{source} (parameters)")
+
+
+def _values(p: IntParam | CategoricalParam) -> list[Any]:
+    if isinstance(p, CategoricalParam):
+        return list(p.choices)
+    if p.log:
+        return list(range(p.low, p.high + 1))
+    return list(range(p.low, p.high + 1, p.step))
+
+
+def spread(values: list[Any]) -> list[Any]:
+    """``values`` reordered so that every prefix spans them: both ends, then the middle of the
+    widest gap left, and so on (0..8: 0 8 4 2 6 1 3 5 7)."""
+    if len(values) <= 2:
+        return list(values)
+    order, gaps = [0, len(values) - 1], [(0, len(values) - 1)]
+    while gaps:
+        low, high = max(gaps, key=lambda g: g[1] - g[0])  # the first widest
+        gaps.remove((low, high))
+        if high - low > 1:
+            mid = (low + high) // 2
+            order.append(mid)
+            gaps += [(low, mid), (mid, high)]
+    return [values[i] for i in order]
+
+
+def covering_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """The first trials of a sweep: every value (every combination, when several parameters
+    have ``cover: true``) once, spread out; the sampler chooses the other parameters.
+
+    Why: a sampler draws a depth at random, so 16 draws over 9 depths miss some and repeat
+    others, and the front has holes where a from-scratch grid has points (docs/algorithm.md,
+    "Covering the depths").
+    """
+    covered = {k: spread(_values(p)) for k, p in space.parameters.items()
+               if not isinstance(p, FloatParam) and p.cover}
+    return [dict(zip(covered, combo, strict=True))
+            for combo in itertools.product(*covered.values())] if covered else []
 
 
 def max_epochs(space: SearchSpace, trial: TrialConfig) -> int:

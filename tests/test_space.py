@@ -11,10 +11,12 @@ from layertune.config import ConfigError, validate
 from layertune.space import (
     DefineByRun,
     check_parameters,
+    covering_points,
     load_space,
     make_sampler,
     max_epochs,
     parse_space,
+    spread,
 )
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -205,3 +207,47 @@ def test_max_epochs_sees_a_searched_epochs():
     searched = parse_space({"parameters": {"epochs": {"type": "int", "low": 3, "high": 12}}},
                            "x")
     assert max_epochs(searched, trial) == 12
+
+
+# --- cover: true: each value once, in the first trials ----------------------------------------
+
+
+def test_spread_puts_both_ends_first_then_halves_the_widest_gap():
+    assert spread(list(range(9))) == [0, 8, 4, 2, 6, 1, 3, 5, 7]
+    for n in range(1, 20):
+        order = spread(list(range(n)))
+        assert sorted(order) == list(range(n))  # each value once
+        if n > 1:
+            assert order[:2] == [0, n - 1]
+        for k in range(3, n + 1):  # every prefix leaves no gap wider than twice the best one
+            taken = sorted(order[:k])
+            widest = max(b - a for a, b in zip(taken, taken[1:], strict=False))
+            assert widest <= 2 * -(-(n - 1) // (k - 1))
+
+
+def test_covering_points_are_every_value_of_each_covered_parameter_combined():
+    space = parse_space({"parameters": {
+        "model.depth": {"type": "int", "low": 2, "high": 8, "step": 3, "cover": True},
+        "optimizer.name": {"type": "categorical", "choices": ["sgd", "adamw"], "cover": True},
+        "optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1},
+        "method.prior_scale": {"type": "int", "low": 1, "high": 3},
+    }}, "x.yaml")
+    points = covering_points(space)
+    assert points == [{"model.depth": d, "optimizer.name": o}
+                      for d in (2, 8, 5) for o in ("sgd", "adamw")]
+    assert covering_points(parse_space({"parameters": {"model.depth": {
+        "type": "int", "low": 2, "high": 8}}}, "x.yaml")) == []
+
+
+def test_cover_on_a_float_is_refused_with_one_line(tmp_path):
+    path = write(tmp_path, "parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 0.1, "
+                           "cover: true}\n")
+    with pytest.raises(ConfigError) as err:
+        load_space(path)
+    assert str(err.value) == f"{path}: parameters.optimizer.lr.cover: unknown key"
+
+
+def test_the_demo_space_covers_every_depth_first():
+    space = load_space(SPACES / "cnn1d.yaml")
+    depths = [p["method.decide_sections"] for p in covering_points(space)]
+    assert sorted(depths) == list(range(9))

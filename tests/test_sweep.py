@@ -144,12 +144,13 @@ def test_live_view_rows_and_progress(capsys):
 # --- the searcher, with real Optuna and sqlite storage ----------------------------------------
 
 
-def make_searcher(tmp_path: Path) -> SweepSearch:
-    space = parse_space({"parameters": {"optimizer.lr": {"type": "float", "low": 0.01,
-                                                          "high": 0.1}}}, "x")
+def make_searcher(tmp_path: Path, points: list[dict] | None = None) -> SweepSearch:
+    space = parse_space({"parameters": {
+        "optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1},
+        "model.depth": {"type": "int", "low": 1, "high": 5, "cover": bool(points)}}}, "x")
     return SweepSearch(DefineByRun(space), metric=["val_accuracy", "active_layers"],
                        mode=["max", "min"], sampler=make_sampler(space.sampler),
-                       study_name="s", storage=open_storage(tmp_path))
+                       study_name="s", storage=open_storage(tmp_path), points_to_evaluate=points)
 
 
 def test_searcher_tells_optuna_complete_pruned_and_fail(tmp_path):
@@ -194,6 +195,21 @@ def test_a_restored_searcher_adopts_orphans_and_ignores_repeated_tells(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.COMPLETE,
                                                TrialState.COMPLETE]
     assert study.trials[1].values == [0.9, 3.0]
+
+
+def test_covered_values_come_first_once_each_and_a_restored_searcher_goes_on_with_the_rest(
+        tmp_path):
+    points = [{"model.depth": d} for d in (1, 5, 3, 2, 4)]
+    s = make_searcher(tmp_path, points)
+    first = [s.suggest(f"t{i}")["model.depth"] for i in range(2)]
+    s.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot
+    restored = make_searcher(tmp_path / "unused")  # as Tune.restore: a searcher, then its state
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    rest = [restored.suggest(f"t{i}")["model.depth"] for i in range(2, 5)]
+    assert first + rest == [1, 5, 3, 2, 4]
+    assert 1 <= restored.suggest("t5")["model.depth"] <= 5  # then the sampler's
+    study = optuna.load_study(study_name="s", storage=open_storage(tmp_path))
+    assert len(study.trials) == 6
 
 
 # --- bad input: one line, exit code 2, before Ray starts --------------------------------------
@@ -270,7 +286,7 @@ TRIAL = digits_trial(epochs=5)
 GATE_MODES = list(get_args(MethodConfig.model_fields["gates"].annotation))
 SPACE = f"""\
 parameters:
-  method.gates: {{type: categorical, choices: {json.dumps(GATE_MODES)}}}
+  method.gates: {{type: categorical, choices: {json.dumps(GATE_MODES)}, cover: true}}
   method.prior_weight: {{type: float, low: 0.03, high: 3.0, log: true}}
   optimizer.lr: {{type: float, low: 0.02, high: 0.2, log: true}}
 objectives:
@@ -361,6 +377,14 @@ def test_stopped_trials_carry_the_reason_and_are_pruned_in_optuna(sweep):
         else:
             assert t.state == TrialState.COMPLETE
             assert t.values == [last[tid]["val_accuracy"], last[tid]["active_layers"]]
+
+
+def test_the_first_trials_cover_each_gate_mode_once(sweep):
+    plan, _ = sweep
+    study = optuna.load_study(study_name="t", storage=open_storage(plan.folder))
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert sorted(t.params["method.gates"] for t in trials[:len(GATE_MODES)]) == \
+        sorted(GATE_MODES)
 
 
 def test_records_on_disk(sweep):

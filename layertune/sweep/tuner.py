@@ -12,7 +12,7 @@ from ray import tune
 from ..checkpoint_pruner import CheckpointPruner
 from ..scheduler import GateCollapseScheduler, RecordingASHA, StopReasonCallback
 from ..search import SweepSearch
-from ..space import CollapseSettings, DefineByRun, make_sampler, max_epochs
+from ..space import CollapseSettings, DefineByRun, covering_points, make_sampler, max_epochs
 from ..tracking import SweepRecorder
 from .cluster import max_concurrent
 from .monitor import SweepMonitor
@@ -66,6 +66,8 @@ def new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
     searcher = SweepSearch(
         DefineByRun(space), metric=space.metrics, mode=space.modes,
         sampler=make_sampler(space.sampler, seed), study_name=plan.name, storage=storage,
+        # queued in the study, so a resumed sweep goes on with those not yet asked
+        points_to_evaluate=covering_points(space),
     )
     scheduler = make_scheduler(plan)
     monitor = SweepMonitor(options.samples, plan.name, live=live, interval=interval)
