@@ -8,6 +8,8 @@ the first two on their own seeds. Prints a table, writes benchmarks/out/early_de
 with ``--write``, the "early_decision" section of docs/results.md.
 
     .venv/bin/python benchmarks/early_decision.py --seeds 0 1 2 --variant-seeds 20 21
+    .venv/bin/python benchmarks/early_decision.py --trial trials/mnist_resnet20.yaml \
+        --learned-only --variant-seeds          # goal 2 on ResNet-20: the shipped runs only
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ VARIANTS = {"channels 64": {"model.channels": 64}, "depth 16": {"model.depth": 1
             "depth 12, channels 16": {"model.depth": 12, "model.channels": 16}}
 
 
-def run(seed: int, overrides: dict) -> dict:
-    config = load_trial(TRIAL, {"seed": seed, **overrides})
+def run(trial: str, seed: int, overrides: dict) -> dict:
+    config = load_trial(trial, {"seed": seed, **overrides})
     start = time.perf_counter()
     history = run_trial(config, lambda m, c: None).history
     vals = [h["val_accuracy"] for h in history]
@@ -59,8 +61,21 @@ def run(seed: int, overrides: dict) -> dict:
     return row
 
 
-def summary(name: str, learned: list[dict], fixed: list[dict],
+def summary(name: str, learned: list[dict], fixed: list[dict] | None,
             scratch: list[dict] | None) -> tuple[str, dict]:
+    """One table line; with ``fixed`` None (``--learned-only``) the columns that compare with
+    the gates-fixed run are "-"."""
+    if fixed is None:
+        s = {"seeds": [r["seed"] for r in learned], "kept": [r["kept"] for r in learned],
+             "total": learned[0]["total"],
+             "decided_at_max": max(r["decided_at"] for r in learned),
+             "max_fall_pts": 100 * max(r["max_fall_after_3"] for r in learned),
+             "val_mean": mean(r["val_accuracy"] for r in learned),
+             "val_min": min(r["val_accuracy"] for r in learned)}
+        return (f"| {name} | {', '.join(map(str, s['seeds']))} | "
+                f"{', '.join(map(str, s['kept']))} of {s['total']} | {s['decided_at_max']} | "
+                f"{s['max_fall_pts']:.1f} (-) | {s['val_mean']:.4f} (worst {s['val_min']:.4f}) "
+                "| - | - | - | - |"), s
     gaps = [100 * (f["val_accuracy"] - r["val_accuracy"]) for r, f in zip(learned, fixed,
                                                                              strict=True)]
     ratios = [r["train_flops"] / f["train_flops"] for r, f in zip(learned, fixed, strict=True)]
@@ -90,6 +105,9 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, nargs="*", default=[],
                         help="reference seeds reported as a separate row")
     parser.add_argument("--variant-seeds", type=int, nargs="*", default=[20, 21])
+    parser.add_argument("--trial", default=TRIAL, help=f"trial config (default {TRIAL})")
+    parser.add_argument("--learned-only", action="store_true",
+                        help="only the shipped runs (no gates-fixed or from-scratch runs)")
     parser.add_argument("--write", action="store_true", help="update docs/results.md")
     args = parser.parse_args()
     fixed = {"method.gates": "fixed"}
@@ -105,22 +123,26 @@ def main() -> None:
     rows, summaries = [], {}
     for name, seeds, overrides, with_scratch in groups:
         print(name, flush=True)
-        learned = [run(s, overrides) for s in seeds]
-        base = [run(s, {**overrides, **fixed}) for s in seeds]
-        scratch = [run(r["seed"], {**overrides, **fixed, "model.depth": r["kept"]})
-                   for r in learned] if with_scratch else None
+        learned = [run(args.trial, s, overrides) for s in seeds]
+        base = None if args.learned_only else [
+            run(args.trial, s, {**overrides, **fixed}) for s in seeds]
+        scratch = [run(args.trial, r["seed"], {**overrides, **fixed, "model.depth": r["kept"]})
+                   for r in learned] if with_scratch and base is not None else None
         line, summaries[name] = summary(name, learned, base, scratch)
         lines.append(line)
         rows += [dict(r, run=name, kind=k) for k, rs in
-                 (("learned", learned), ("fixed", base), ("scratch", scratch or [])) for r in rs]
+                 (("learned", learned), ("fixed", base or []), ("scratch", scratch or []))
+                 for r in rs]
     table = "\n".join(lines)
     print(table)
     OUT.mkdir(exist_ok=True)
-    (OUT / "early_decision.json").write_text(json.dumps(
+    stem = "early_decision" + ("" if args.trial == TRIAL else "-" + Path(args.trial).stem)
+    (OUT / f"{stem}.json").write_text(json.dumps(
         {"rows": rows, "summaries": summaries, "threads": torch.get_num_threads()}, indent=2))
     if args.write:
-        write_section("early_decision", (
-            "## One trial, early decision (issue 11, goals 1-4 and 7)\n\n"
+        write_section(stem, (
+            "## One trial, early decision (issue 11, goals 1-4 and 7)"
+            + ("" if args.trial == TRIAL else f": {args.trial}") + "\n\n"
             f"`.venv/bin/python benchmarks/early_decision.py {' '.join(sys.argv[1:])}` on "
             f"{platform.processor() or 'CPU'}, default torch threads "
             f"({torch.get_num_threads()}), torch {torch.__version__}. Gap = gates-fixed minus "
