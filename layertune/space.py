@@ -237,8 +237,6 @@ def check_parameters(space: SearchSpace, trial: TrialConfig, source: str) -> Non
 def _values(p: IntParam | CategoricalParam) -> list[Any]:
     if isinstance(p, CategoricalParam):
         return list(p.choices)
-    if p.log:
-        return list(range(p.low, p.high + 1))
     return list(range(p.low, p.high + 1, p.step))
 
 
@@ -260,7 +258,8 @@ def spread(values: list[Any]) -> list[Any]:
 
 def covering_points(space: SearchSpace) -> list[dict[str, Any]]:
     """The first trials of a sweep: every value (every combination, when several parameters
-    have ``cover: true``) once, spread out; the sampler chooses the other parameters.
+    have ``cover: true``) once, spread out; the sampler chooses the other parameters. A sweep
+    of fewer trials takes the first ones.
 
     Why: a sampler draws a depth at random, so 16 draws over 9 depths miss some and repeat
     others, and the front has holes where a from-scratch grid has points (docs/algorithm.md,

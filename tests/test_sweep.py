@@ -35,6 +35,7 @@ from layertune.sweep import (
     summary,
     sweep_command,
 )
+from layertune.sweep.run import covering_text
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJ = [("val_accuracy", "max"), ("active_layers", "min")]
@@ -273,6 +274,17 @@ def test_resource_check_per_node():
         check_resources(plan, [{"CPU": 8}, {"CPU": 16}])
     with pytest.raises(ConfigError, match="no Ray node has that much"):
         check_resources(plan, [{"CPU": 2, "GPU": 1}, {"CPU": 16}])  # none has both
+
+
+@pytest.mark.parametrize(("samples", "words"), [
+    (16, "the first 9 trials cover every value of method.decide_sections"),
+    (4, "the trials cover only 4 of the 9 values of method.decide_sections (cover: true; "
+        "--samples 9 covers them all)"),
+])
+def test_the_banner_says_what_the_trials_cover(samples, words):
+    plan = plan_sweep(ROOT / "trials" / "mnist1d_cnn.yaml", ROOT / "search_spaces" / "cnn1d.yaml",
+                      samples=samples, name="c")
+    assert words in covering_text(plan)
 
 
 # --- a real sweep -----------------------------------------------------------------------------

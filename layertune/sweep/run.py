@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..search import check_study, close_running, open_storage
+from ..space import covering_points
 from .cluster import ray_for, resources_text
 from .plan import RECORD, SweepPlan
 from .result import SweepResult, collect, write_front
@@ -86,7 +87,19 @@ def _print_banner(plan: SweepPlan) -> None:
           f"Ray has {resources_text()}"
           + (f"; resuming from {plan.storage.uri}" if o.resume else "")
           + (f"; Ray's files in {plan.storage.uri}, the driver's in {plan.folder}"
-             if plan.storage.remote else ""), flush=True)
+             if plan.storage.remote else "") + covering_text(plan), flush=True)
+
+
+def covering_text(plan: SweepPlan) -> str:
+    """The banner's note on the values ``cover: true`` queues first (empty if none)."""
+    covered = covering_points(plan.space)
+    if not covered:
+        return ""
+    keys = ", ".join(covered[0])
+    if plan.options.samples < len(covered):
+        return (f"; the trials cover only {plan.options.samples} of the {len(covered)} values "
+                f"of {keys} (cover: true; --samples {len(covered)} covers them all)")
+    return f"; the first {len(covered)} trials cover every value of {keys}"
 
 
 def _finish(plan: SweepPlan, storage: optuna.storages.RDBStorage, sweep: SweepTuner,
