@@ -43,6 +43,10 @@ ASHA = "asha"
 ERROR = "error"  # the trial raised
 NOT_STARTED = "not started"  # ended before its first report
 UNFINISHED = "unfinished"  # the sweep ended (interrupted, driver killed) before the trial did
+# Optuna user attribute of a proposal equal to an earlier trial's parameters: never run (the
+# trial's seed is the same, so it would repeat that trial), pruned; the value is that trial's
+# number
+REPEAT_OF = "repeat_of"
 
 # A trial's status in the MLflow record and in every table read back from it.
 STATUS = "status"

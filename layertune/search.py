@@ -9,6 +9,10 @@ tells Optuna instead:
 * FAIL for an errored trial or one whose objectives are missing or not finite;
 * COMPLETE with the objective values of the last result otherwise.
 
+A proposal whose parameters equal an earlier trial's is not run: every trial runs with the
+trial config's seed, so it would repeat that trial exactly (NSGA-II's crossover copies a parent
+now and then). It is told PRUNED with ``repeat_of`` and the sampler is asked again.
+
 The study lives in an sqlite file (``optuna.db``) so that it can be resumed (same storage and
 ``study_name``) and opened with ``optuna-dashboard sqlite:///.../optuna.db``.
 """
@@ -25,9 +29,21 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from .config import ConfigError
-from .contract import ERROR, NOT_STARTED, SEARCH_RECORDED, STOP_REASON, STOPPED_BY, UNFINISHED
+from .contract import (
+    ERROR,
+    NOT_STARTED,
+    REPEAT_OF,
+    SEARCH_RECORDED,
+    STOP_REASON,
+    STOPPED_BY,
+    UNFINISHED,
+)
 
 logger = logging.getLogger(__name__)
+
+# repeats pruned in one sweep; after that they run (a small discrete space that has no new
+# configuration left would otherwise fill the study with them)
+MAX_REPEATS = 20
 
 def open_storage(folder: str | Path) -> optuna.storages.RDBStorage:
     """An sqlite RDB storage in ``folder/optuna.db`` (absolute path)."""
@@ -93,7 +109,28 @@ class SweepSearch(OptunaSearch):
         orphans = getattr(self, "_orphans", [])
         if trial_id not in self._ot_trials and orphans:
             self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphans.pop(0))
-        return super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # handed out before: as it was
+            return super().suggest(trial_id)
+        while True:
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            twin = self._twin(ot_trial)
+            repeats = getattr(self, "_repeats", 0)
+            if twin is None or repeats >= MAX_REPEATS:
+                return config
+            ot_trial.set_user_attr(REPEAT_OF, twin)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            del self._ot_trials[trial_id]
+            self._repeats = repeats + 1
+
+    def _twin(self, ot_trial: optuna.Trial) -> int | None:
+        """The number of an earlier trial with the same parameters (None if there is none)."""
+        params = ot_trial.params
+        for t in self._ot_study.get_trials(deepcopy=False):
+            if (t.number != ot_trial.number and t.state != TrialState.WAITING
+                    and REPEAT_OF not in t.user_attrs and t.params == params):
+                return t.number
+        return None
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False

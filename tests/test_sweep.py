@@ -24,8 +24,9 @@ from ray_record import ray_reports
 from sweep_files import digits_trial
 
 from layertune.config import ConfigError, MethodConfig
+from layertune.contract import REPEAT_OF
 from layertune.front import dominates, format_table, hypervolume, pareto_front
-from layertune.search import SweepSearch, close_running, open_storage
+from layertune.search import MAX_REPEATS, SweepSearch, close_running, open_storage
 from layertune.space import DefineByRun, make_sampler, parse_space
 from layertune.sweep import (
     add_sweep_arguments,
@@ -211,6 +212,31 @@ def test_covered_values_come_first_once_each_and_a_restored_searcher_goes_on_wit
     assert 1 <= restored.suggest("t5")["model.depth"] <= 5  # then the sampler's
     study = optuna.load_study(study_name="s", storage=open_storage(tmp_path))
     assert len(study.trials) == 6
+
+
+def test_a_proposal_equal_to_an_earlier_trial_is_pruned_as_a_repeat_and_another_is_asked(
+        tmp_path):
+    a = {"optimizer.lr": 0.05, "model.depth": 1}
+    b = {"optimizer.lr": 0.02, "model.depth": 1}
+    s = make_searcher(tmp_path, [a, dict(a), b])  # as NSGA-II's crossover copies a parent
+    assert s.suggest("t0") == a
+    assert s.suggest("t1") == b  # the copy of a is not handed out
+    s.on_trial_complete("t1", result={"val_accuracy": 0.9, "active_layers": 1, "epoch": 5})
+    study = optuna.load_study(study_name="s", storage=open_storage(tmp_path))
+    assert [(t.state, t.user_attrs.get(REPEAT_OF)) for t in study.trials] == [
+        (TrialState.RUNNING, None), (TrialState.PRUNED, 0), (TrialState.COMPLETE, None)]
+    assert study.trials[2].user_attrs["ray_trial_id"] == "t1"
+
+
+def test_a_space_with_no_new_configuration_left_runs_a_repeat_after_all(tmp_path):
+    space = parse_space({"parameters": {"model.depth": {"type": "categorical",
+                                                        "choices": [1]}}}, "x")
+    s = SweepSearch(DefineByRun(space), metric=["val_accuracy", "active_layers"],
+                    mode=["max", "min"], sampler=make_sampler(space.sampler),
+                    study_name="s", storage=open_storage(tmp_path))
+    assert s.suggest("t0") == s.suggest("t1") == s.suggest("t2") == {"model.depth": 1}
+    study = optuna.load_study(study_name="s", storage=open_storage(tmp_path))
+    assert len(study.trials) == 3 + MAX_REPEATS  # the repeats pruned stop at MAX_REPEATS
 
 
 # --- bad input: one line, exit code 2, before Ray starts --------------------------------------

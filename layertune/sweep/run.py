@@ -11,6 +11,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from ..contract import REPEAT_OF
 from ..search import check_study, close_running, open_storage
 from ..space import covering_points
 from .cluster import ray_for, resources_text
@@ -106,7 +107,8 @@ def _finish(plan: SweepPlan, storage: optuna.storages.RDBStorage, sweep: SweepTu
             wall: float, live: bool) -> SweepResult:
     """After ``fit``: the front written, and the sweep closed in Optuna unless it was cut short
     (then ``--resume`` goes on with it)."""
-    ended = len(optuna.load_study(study_name=plan.name, storage=storage).get_trials(
+    ended = sum(REPEAT_OF not in t.user_attrs for t in optuna.load_study(
+        study_name=plan.name, storage=storage).get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
     interrupted = ended < plan.options.samples
     if not interrupted:
