@@ -29,6 +29,7 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from layertune.front import pareto_front
 from layertune.scheduler import GateCollapseScheduler, RecordingASHA
 
 try:
@@ -57,6 +58,18 @@ class AccuracyRungs(GateCollapseScheduler):
             return None
         cutoff = float(np.percentile(recorded, (1 - 1 / self.reduction_factor) * 100))
         return ("asha", "below the rung cutoff") if result[self._metric] < cutoff else None
+
+
+class Oracle(FIFOScheduler):
+    """Knows FIFO's front: runs its trials to the end and stops every other one after its
+    first epoch. No rule that keeps the whole front spends less."""
+
+    def __init__(self, keep: set[str]) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        return TrialScheduler.CONTINUE if trial.trial_id in self.keep else TrialScheduler.STOP
 
 
 def load(folder: Path) -> list[History]:
@@ -108,6 +121,10 @@ def rules(epochs: int) -> dict[str, Callable[[], TrialScheduler]]:
         # accuracy (near chance, dominated) judged from that epoch on
         "gate-collapse, grace 4 (cnn1d.yaml)": lambda: GateCollapseScheduler(
             max_t=epochs, decide_by=4, grace_epochs=4),
+        "gate-collapse, grace 4, margin 0.005": lambda: GateCollapseScheduler(
+            max_t=epochs, decide_by=4, grace_epochs=4, margin=0.005),
+        "gate-collapse, grace 4, margin 0": lambda: GateCollapseScheduler(
+            max_t=epochs, decide_by=4, grace_epochs=4, margin=0.0),
         "gate-collapse, grace 3": lambda: GateCollapseScheduler(max_t=epochs, decide_by=4,
                                                                 grace_epochs=3),
         "gate-collapse, decide_by 4 (grace 2, the default)": lambda: GateCollapseScheduler(
@@ -136,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         trials = load(folder)
         epochs = max(len(rows) for _, rows in trials)
         fifo_spent, fifo_rows = replay(trials, FIFOScheduler(), args.slots)
-        for name, make in rules(epochs).items():
+        front = {fifo_rows[i]["trial_id"] for i in pareto_front(fifo_rows, OBJECTIVES)}
+        for name, make in {**rules(epochs), "oracle (FIFO's front to the end, the rest 1 "
+                           "epoch)": lambda front=front: Oracle(front)}.items():
             spent, rows = replay(trials, make(), args.slots)
             runs.setdefault(name, []).append({
                 "sweep": folder.name, "trial_epochs": spent, "of_fifo": spent / fifo_spent,
