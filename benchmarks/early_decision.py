@@ -111,9 +111,10 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update docs/results.md")
     args = parser.parse_args()
     fixed = {"method.gates": "fixed"}
-    groups: list[tuple[str, list[int], dict, bool]] = [("reference (a)", args.seeds, {}, True)]
+    name = "reference (a)" if args.trial == TRIAL else Path(args.trial).stem
+    groups: list[tuple[str, list[int], dict, bool]] = [(name, args.seeds, {}, True)]
     if args.held_out:
-        groups.append(("reference (a), held out", args.held_out, {}, True))
+        groups.append((f"{name}, held out", args.held_out, {}, True))
     groups += [(name, args.variant_seeds, o, False) for name, o in VARIANTS.items()
                if args.variant_seeds]
     lines = ["| run | seeds | sections kept | decided by epoch | max fall after epoch 3, "
