@@ -112,9 +112,11 @@ def main() -> None:
     args = parser.parse_args()
     fixed = {"method.gates": "fixed"}
     name = "reference (a)" if args.trial == TRIAL else Path(args.trial).stem
-    groups: list[tuple[str, list[int], dict, bool]] = [(name, args.seeds, {}, True)]
+    # model.depth = k is the kept network only where every section has one shape (cnn1d)
+    scratch = args.trial == TRIAL
+    groups: list[tuple[str, list[int], dict, bool]] = [(name, args.seeds, {}, scratch)]
     if args.held_out:
-        groups.append((f"{name}, held out", args.held_out, {}, True))
+        groups.append((f"{name}, held out", args.held_out, {}, scratch))
     groups += [(name, args.variant_seeds, o, False) for name, o in VARIANTS.items()
                if args.variant_seeds]
     lines = ["| run | seeds | sections kept | decided by epoch | max fall after epoch 3, "
