@@ -113,10 +113,10 @@ def main() -> None:
     fixed = {"method.gates": "fixed"}
     name = "reference (a)" if args.trial == TRIAL else Path(args.trial).stem
     # model.depth = k is the kept network only where every section has one shape (cnn1d)
-    scratch = args.trial == TRIAL
-    groups: list[tuple[str, list[int], dict, bool]] = [(name, args.seeds, {}, scratch)]
+    from_scratch = args.trial == TRIAL
+    groups: list[tuple[str, list[int], dict, bool]] = [(name, args.seeds, {}, from_scratch)]
     if args.held_out:
-        groups.append((f"{name}, held out", args.held_out, {}, scratch))
+        groups.append((f"{name}, held out", args.held_out, {}, from_scratch))
     groups += [(name, args.variant_seeds, o, False) for name, o in VARIANTS.items()
                if args.variant_seeds]
     lines = ["| run | seeds | sections kept | decided by epoch | max fall after epoch 3, "
