@@ -65,37 +65,33 @@ def summary(name: str, learned: list[dict], fixed: list[dict] | None,
             scratch: list[dict] | None) -> tuple[str, dict]:
     """One table line; with ``fixed`` None (``--learned-only``) the columns that compare with
     the gates-fixed run are "-"."""
-    if fixed is None:
-        s = {"seeds": [r["seed"] for r in learned], "kept": [r["kept"] for r in learned],
-             "total": learned[0]["total"],
-             "decided_at_max": max(r["decided_at"] for r in learned),
-             "max_fall_pts": 100 * max(r["max_fall_after_3"] for r in learned),
-             "val_mean": mean(r["val_accuracy"] for r in learned),
-             "val_min": min(r["val_accuracy"] for r in learned)}
-        return (f"| {name} | {', '.join(map(str, s['seeds']))} | "
-                f"{', '.join(map(str, s['kept']))} of {s['total']} | {s['decided_at_max']} | "
-                f"{s['max_fall_pts']:.1f} (-) | {s['val_mean']:.4f} (worst {s['val_min']:.4f}) "
-                "| - | - | - | - |"), s
-    gaps = [100 * (f["val_accuracy"] - r["val_accuracy"]) for r, f in zip(learned, fixed,
-                                                                             strict=True)]
-    ratios = [r["train_flops"] / f["train_flops"] for r, f in zip(learned, fixed, strict=True)]
     s = {
         "seeds": [r["seed"] for r in learned], "kept": [r["kept"] for r in learned],
         "total": learned[0]["total"], "decided_at_max": max(r["decided_at"] for r in learned),
         "max_fall_pts": 100 * max(r["max_fall_after_3"] for r in learned),
-        "fixed_max_fall_pts": 100 * max(r["max_fall_after_3"] for r in fixed),
         "val_mean": mean(r["val_accuracy"] for r in learned),
+        "val_min": min(r["val_accuracy"] for r in learned),
+    }
+    head = (f"| {name} | {', '.join(map(str, s['seeds']))} | "
+            f"{', '.join(map(str, s['kept']))} of {s['total']} | {s['decided_at_max']} | ")
+    if fixed is None:
+        return (head + f"{s['max_fall_pts']:.1f} (-) | {s['val_mean']:.4f} (worst "
+                f"{s['val_min']:.4f}) | - | - | - | - |"), s
+    gaps = [100 * (f["val_accuracy"] - r["val_accuracy"]) for r, f in zip(learned, fixed,
+                                                                             strict=True)]
+    ratios = [r["train_flops"] / f["train_flops"] for r, f in zip(learned, fixed, strict=True)]
+    s.update({
+        "fixed_max_fall_pts": 100 * max(r["max_fall_after_3"] for r in fixed),
         "fixed_val_mean": mean(r["val_accuracy"] for r in fixed),
         "worst_gap_pts": max(gaps), "mean_gap_pts": mean(gaps),
         "flops_mean": mean(ratios), "flops_max": max(ratios),
         "scratch_val_mean": mean(r["val_accuracy"] for r in scratch) if scratch else None,
-    }
+    })
     scratch_cell = f"{s['scratch_val_mean']:.4f}" if scratch else "-"
-    line = (f"| {name} | {', '.join(map(str, s['seeds']))} | "
-            f"{', '.join(map(str, s['kept']))} of {s['total']} | {s['decided_at_max']} | "
-            f"{s['max_fall_pts']:.1f} ({s['fixed_max_fall_pts']:.1f}) | {s['val_mean']:.4f} | "
-            f"{s['fixed_val_mean']:.4f} | {scratch_cell} | {s['worst_gap_pts']:+.2f} / "
-            f"{s['mean_gap_pts']:+.2f} | {s['flops_mean']:.3f} / {s['flops_max']:.3f} |")
+    line = (head + f"{s['max_fall_pts']:.1f} ({s['fixed_max_fall_pts']:.1f}) | "
+            f"{s['val_mean']:.4f} | {s['fixed_val_mean']:.4f} | {scratch_cell} | "
+            f"{s['worst_gap_pts']:+.2f} / {s['mean_gap_pts']:+.2f} | {s['flops_mean']:.3f} / "
+            f"{s['flops_max']:.3f} |")
     return line, s
 
 
