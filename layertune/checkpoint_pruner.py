@@ -77,21 +77,24 @@ class CheckpointPruner(Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
         # Tune saved the final state just before this call, with every checkpoint registered:
-        # it names no checkpoint but the last of a trial that has ended for good (its last
-        # result is ``done``, or a scheduler stopped it). So such a trial keeps only its last
-        # one now, even where that state still calls it running (it ended as the loop stopped)
-        # or this callback never heard of its end (it ended before a resume). Trials Tune
-        # stops only because the experiment was interrupted are left alone (a resume goes on
-        # from the checkpoint the state names), and nothing is cut while an error unwinds
-        # Tune's loop (no final state was saved).
+        # it names no checkpoint but the last of a trial that has ended for good. Such a trial
+        # keeps only its last one now: its last result is ``done`` or a scheduler stopped it
+        # (the state may still call it running: it ended as the loop stopped), or the state
+        # records it as ended (it ended before a resume: this callback never heard of it, and
+        # Ray's saved copy of its last result lacks ``done``). Trials Tune stops only because
+        # the experiment was interrupted are left alone (a resume goes on from the checkpoint
+        # the state names), and nothing is cut while an error unwinds Tune's loop (no final
+        # state was saved).
         if sys.exc_info()[0] is not None:
             return
+        self._read = ((0.0, 0), set())  # the final state may share the last one's second
+        recorded = self._ended_in_saved_state()
         for trial in trials:
             last = trial.last_result or {}
             if trial.status == "TERMINATED" and trial.path and (
-                    last.get("done") or last.get(STOPPED_BY)):
+                    last.get("done") or last.get(STOPPED_BY) or trial.trial_id in recorded):
                 keep_last(self.fs, trial.path)
-        self.on_step_end(0, trials)
+        self.ended.clear()
 
     def _ended_in_saved_state(self) -> set[str]:
         """Trial ids the newest saved state records as TERMINATED (read once per save: a new

@@ -89,10 +89,12 @@ def test_at_the_end_every_trial_ended_for_good_keeps_its_last_whatever_the_state
         tmp_path):
     # Tune's final state is saved before its last trial is marked ended, and a resumed sweep's
     # pruner never heard of the trials that ended before the stop; both are cut at the end.
+    # (Ray restores such a trial's last result without ``done``: the state's word is enough).
     # A trial Tune stopped because the sweep was interrupted is not: a resume goes on with it.
-    save_state(tmp_path, {"a": "RUNNING", "b": "RUNNING", "c": "RUNNING"})
+    save_state(tmp_path, {"a": "RUNNING", "b": "RUNNING", "c": "RUNNING", "d": "TERMINATED"})
     trials = []
-    for name, last in {"a": {"done": True}, "b": {"stopped_by": "dominated"}, "c": {}}.items():
+    for name, last in {"a": {"done": True}, "b": {"stopped_by": "dominated"}, "c": {},
+                       "d": {}}.items():
         for i, age in enumerate([100, 60, 20]):
             folder = tmp_path / f"trial_{name}" / f"checkpoint_{i:06d}"
             folder.mkdir(parents=True)
@@ -100,9 +102,10 @@ def test_at_the_end_every_trial_ended_for_good_keeps_its_last_whatever_the_state
         trials.append(SimpleNamespace(trial_id=name, path=str(tmp_path / f"trial_{name}"),
                                       status="TERMINATED", last_result=last))
     CheckpointPruner(tmp_path, margin_s=30).on_experiment_end(trials=trials)
-    kept = {t: sorted(p.name for p in (tmp_path / f"trial_{t}").iterdir()) for t in "abc"}
+    kept = {t: sorted(p.name for p in (tmp_path / f"trial_{t}").iterdir()) for t in "abcd"}
     assert kept == {"a": ["checkpoint_000002"], "b": ["checkpoint_000002"],
-                    "c": ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]}
+                    "c": ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"],
+                    "d": ["checkpoint_000002"]}
 
 
 def test_nothing_is_cut_at_an_end_forced_by_an_error(tmp_path):
