@@ -38,14 +38,12 @@ class GateDraw:
 
 @dataclass
 class GateGradient:
-    """dJ/dtheta of one step: its data part and the prior's rent, and the ``Q`` the rent was
-    computed from (the prior's weight step reuses it). On the weights' device as ``gradient``
-    returns it; ``step`` and ``prune`` read it on the host (``Pruner`` hands it over one step
-    later, ``q`` None)."""
+    """dJ/dtheta of one step: its data part and the prior's rent. On the weights' device as
+    ``gradient`` returns it; ``step`` and ``prune`` read it on the host (``Pruner`` hands it
+    over one step later)."""
 
     data: Tensor
     rent: Tensor
-    q: Tensor | None = None
 
     def packed(self) -> Tensor:
         """Data part and rent in one tensor (one copy to the host)."""
@@ -71,8 +69,8 @@ class GateController:
         loss.backward()
         data = gates.data_gradient(draw, loss, x, y)  # E[L | z=1] - E[L | z=0], estimated
         optimizer.step()
+        gates.shrink_weights(lr)                    # the prior's step on the weights
         grad = gates.gradient(data)                 # + (lambda/N)(R_1 - R_0), on the device
-        gates.shrink_weights(grad, lr)              # the prior's step on the weights
         # on the host, with the gradient as it comes back (Pruner: the previous step's)
         gates.step(grad, schedule)                  # theta <- clip(theta - eta * g_avg, 0, 1)
         removed = gates.prune(grad)                 # parameters of the sections removed
@@ -81,6 +79,10 @@ class GateController:
     projected SGD). ``prune`` removes sections that have held ``theta == 0`` and ``R_1 > R_0``
     for ``patience`` steps and returns their parameters so the caller can take them out of the
     optimiser.
+
+    The prior's weight step and the ``Q`` its rent comes from are refreshed every
+    ``prior_every`` steps, as one step of ``prior_every`` times the step size; the rent between
+    is the last one (docs/algorithm.md, "The prior every few steps").
 
     ``fix(z)`` ends all of this (docs/algorithm.md, "Early decision"): theta takes the decided
     vertices, the sections at 0 are removed at once, and from then on the gates are ``fixed``:
@@ -99,6 +101,7 @@ class GateController:
         patience: int = 50,
         generator: torch.Generator | None = None,
         dz_from_weights: bool = False,
+        prior_every: int = 1,
     ) -> None:
         if estimator not in ("first_order", "exact"):
             raise ValueError(f"estimator must be first_order or exact, not {estimator!r}")
@@ -111,6 +114,9 @@ class GateController:
         self.patience = patience
         self.generator = generator
         self.dz_from_weights = dz_from_weights and estimator == "first_order"
+        self.prior_every = prior_every
+        self._prior_calls = 0  # shrink_weights calls: one in prior_every is a prior step
+        self._rent: Tensor | None = None  # the rent at the last prior step
         num = len(self.sections)
         self.theta = torch.full((num,), float(theta_init), dtype=torch.float64)
         self.streak = torch.zeros(num, dtype=torch.long)
@@ -156,6 +162,8 @@ class GateController:
             "pruned_at_step": dict(self.pruned_at_step),
             "steps": self.steps,
             "fixed": self.fixed,
+            "prior_calls": self._prior_calls,
+            "rent": None if self._rent is None else self._rent.cpu(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -167,6 +175,9 @@ class GateController:
         self.pruned_at_step = {int(k): int(v) for k, v in state["pruned_at_step"].items()}
         self.steps = int(state["steps"])
         self.fixed = bool(state.get("fixed", False))
+        self._prior_calls = int(state.get("prior_calls", 0))
+        rent = state.get("rent")
+        self._rent = None if rent is None else rent.to(self.device, torch.float32)
         self._refresh_alive()
 
     # --- one step ---------------------------------------------------------------------------
@@ -253,15 +264,27 @@ class GateController:
 
     @torch.no_grad()
     def gradient(self, data_grad: Tensor) -> GateGradient:
-        """dJ/dtheta: the data part plus the prior's exact rent, on the weights' device."""
-        q = self.prior.quadratic()
-        return GateGradient(data_grad.float(), self.prior.rent(q), q)
+        """dJ/dtheta: the data part plus the prior's rent as of the last prior step, on the
+        weights' device."""
+        if self._rent is None:
+            self._rent = self.prior.rent(self.prior.quadratic())
+        return GateGradient(data_grad.float(), self._rent)
 
-    def shrink_weights(self, grad: GateGradient | None, lr: float) -> None:
-        """The prior's step on the weights (step size ``lr``), at the ``theta`` of this step,
-        on the device (``grad`` None: once the gates are fixed, with ``Q`` read here)."""
-        q = grad.q if grad is not None else self.prior.quadratic()
-        self.prior.shrink_(q, to_device(self.theta, self.device), lr)
+    def shrink_weights(self, lr: float) -> None:
+        """The prior's step on the weights, on the device, at the ``theta`` of this step: on
+        one call in ``prior_every``, with ``Q`` read then (the rent ``gradient`` uses is
+        refreshed from it) and step size ``prior_every * lr``; nothing on the others.
+
+        Why lazily: ``Q`` and the step cost a kernel per prior tensor, as much as the rest of
+        the gate machinery together on a small network, while each step moves the weights by
+        ``lr * lambda / N`` of their size; the semi-implicit step of ``prior_every * lr`` is
+        still a shrink that cannot overshoot."""
+        self._prior_calls += 1
+        if (self._prior_calls - 1) % self.prior_every:
+            return
+        q = self.prior.quadratic()
+        self._rent = self.prior.rent(q)
+        self.prior.shrink_(q, to_device(self.theta, self.device), lr * self.prior_every)
 
     def step(self, grad: GateGradient, schedule: float = 1.0) -> None:
         """Projected SGD on ``theta`` with step ``theta_lr * schedule`` (``schedule`` follows the
@@ -310,6 +333,7 @@ class GateController:
 
     def _removed(self) -> None:
         self.prior.refresh()
+        self._rent = None
         self._refresh_alive()
 
     def _refresh_alive(self) -> None:

@@ -83,6 +83,7 @@ class Pruner:
             patience=m.prune_patience,
             generator=generator or torch.Generator().manual_seed(0),
             dz_from_weights=dz_from_weights,
+            prior_every=m.prior_every,
         )
         self.reduce = reduce  # the data gradient's mean over processes: one gate step for all
         self._base_lr = optimizer.param_groups[0]["lr"]
@@ -122,14 +123,14 @@ class Pruner:
         Returns the parameters removed (already out of the optimiser)."""
         gates, opt = self.gates, self.optimizer
         if gates.fixed:  # only the prior's slab acts on the kept weights
-            gates.shrink_weights(None, effective_step(opt))
+            gates.shrink_weights(effective_step(opt))
             return []
         if self._data_grad is None:
             raise RuntimeError("Pruner.update before after_backward: call pruner.step(loss) "
                                "or after_backward(loss) before the optimiser's step")
+        gates.shrink_weights(effective_step(opt))  # at the theta z was drawn from
         grad = gates.gradient(self._data_grad)
         self._draw = self._data_grad = None
-        gates.shrink_weights(grad, effective_step(opt))  # at the theta z was drawn from
         return self._gate_step(self._in_flight.swap(grad.packed(), self.schedule_factor()))
 
     def settle(self) -> list[nn.Parameter]:

@@ -195,8 +195,8 @@ def test_dz_from_the_weights_gradients_is_the_probes(case: str) -> None:
 
 def _gate_step(gates: GateController, data_grad: torch.Tensor, lr: float) -> None:
     """What ``Trial.step`` does after the weights' step, with a given data gradient."""
+    gates.shrink_weights(lr)
     grad = gates.gradient(data_grad)
-    gates.shrink_weights(grad, lr)
     gates.step(grad)
     gates.prune(grad)
 
@@ -218,6 +218,32 @@ def test_section_held_at_zero_shrinks_monotonically(case: str) -> None:
     assert all(b < a or a == 0.0 for a, b in itertools.pairwise(norms))
     assert norms[-1] < 1e-3 * norms[0]
     assert gates.theta[0].item() == 0.0
+
+
+def test_the_prior_every_k_steps_is_one_step_k_times_as_long() -> None:
+    """With ``prior_every = k`` the weights move on one call in k, by the prior's step of
+    k * lr at that moment's Q; the rent the gate gradient uses is the one read then."""
+    k, lr = 4, 0.5
+    lazy_net, every_net = _build("mlp"), _build("mlp")
+    every_net.load_state_dict(lazy_net.state_dict())
+    lazy = GateController(lazy_net, SETTINGS, theta_lr=0.1, theta_init=0.3, prior_every=k)
+    every = GateController(every_net, SETTINGS, theta_lr=0.1, theta_init=0.3)
+    tensors = lazy.prior.tensors
+    before = [t.detach().clone() for t in tensors]
+    rents = []
+    for call in range(2 * k):
+        lazy.shrink_weights(lr)
+        rents.append(lazy.gradient(torch.zeros(len(lazy.sections))).rent.clone())
+        moved = any(not torch.equal(t, b) for t, b in zip(tensors, before, strict=True))
+        assert moved is (call % k == 0)
+        if call % k == 0:
+            every.shrink_weights(k * lr)  # one step k times as long, from the same weights
+            assert all(torch.allclose(a, b) for a, b in zip(
+                lazy.prior.tensors, every.prior.tensors, strict=True))
+            fresh = every.prior.rent(every.prior.quadratic())
+        before = [t.detach().clone() for t in tensors]
+        assert torch.equal(rents[-1], rents[call - call % k])  # unchanged between
+        assert not torch.allclose(rents[-1], fresh)  # the Q before the step, not after
 
 
 def test_section_held_at_zero_shrinks_while_the_network_trains() -> None:
