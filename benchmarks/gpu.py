@@ -221,9 +221,10 @@ def _sync(device: torch.device) -> None:
 def markdown(result: dict) -> str:
     lines = []
     if "steps" in result:
-        lines += ["| network | gated step ms | plain step ms | ratio |", "|---|---|---|---|"]
+        lines += ["| network | gated step ms | plain step ms | ratio | ratio, gates fixed |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {r['case']} | {r['gated_step_ms']:.2f} | {r['plain_step_ms']:.2f} | "
-                  f"{r['step_ratio']:.3f} |" for r in result["steps"]]
+                  f"{r['step_ratio']:.3f} | {r['fixed_ratio']:.3f} |" for r in result["steps"]]
         lines.append("")
     if "sweep" in result:
         lines += ["| per trial | trials at once | trials | seconds | trials / hour | "

@@ -1,5 +1,6 @@
 """Cost of the gates: a training step of the gated network with every gate at 1 against the
-same network without gates, and inference of the compact network against the full one.
+same network without gates, while the gates learn and after the early decision has fixed them
+(every section kept), and inference of the compact network against the full one.
 
 Prints a table, writes benchmarks/out/overhead.json and the "overhead" section of
 docs/results.md. Target: gated / plain step time <= 1.05.
@@ -119,6 +120,8 @@ def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int
     plain_step = plain_step_of(trial, x_dims(batches))
     trial.model.train()
     gated, base, ratio, fastest = _paired(trial.step, plain_step, batches, dev, repeats)
+    trial.gates.fix([1.0] * len(trial.model.sections))  # what follows the early decision
+    fixed, fixed_base, fixed_ratio, _ = _paired(trial.step, plain_step, batches, dev, repeats)
     keep = [i % 2 == 0 for i in range(len(trial.model.sections))]
     full = compact(trial.model, [True] * len(keep)).to(dev)
     small = compact(trial.model, keep).to(dev)
@@ -133,7 +136,9 @@ def measure(name: str, trial_file: str, overrides: dict, device: str, steps: int
             "half_batch_ms": 1e3 * _timed(lambda x, y: small(xb), few, dev, repeats),
         }
     row = {"case": name, "device": str(dev), "gated_step_ms": 1e3 * gated,
-           "plain_step_ms": 1e3 * base, "step_ratio": ratio, "fastest_ratio": fastest, **lat,
+           "plain_step_ms": 1e3 * base, "step_ratio": ratio, "fastest_ratio": fastest,
+           "fixed_step_ms": 1e3 * fixed, "fixed_plain_step_ms": 1e3 * fixed_base,
+           "fixed_ratio": fixed_ratio, **lat,
            "inference_ratio_batch": lat["half_batch_ms"] / lat["full_batch_ms"]}
     print(json.dumps(row), flush=True)
     return row
@@ -158,12 +163,13 @@ def main() -> None:
     key = f"overhead-{args.device.split(':')[0]}" + (
         f"-{threads}threads" if args.device == "cpu" and threads != 1 else "")
     lines = ["| network | gated step ms (all gates 1) | plain step ms | ratio | "
-             "ratio, fastest passes | inference ms, full / half the sections (batch) | batch 1 |",
-             "|---|---|---|---|---|---|---|"]
+             "ratio, fastest passes | ratio, gates fixed | "
+             "inference ms, full / half the sections (batch) | batch 1 |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['gated_step_ms']:.2f} | {r['plain_step_ms']:.2f} | "
-            f"{r['step_ratio']:.3f} | {r['fastest_ratio']:.3f} | "
+            f"{r['step_ratio']:.3f} | {r['fastest_ratio']:.3f} | {r['fixed_ratio']:.3f} | "
             f"{r['full_batch_ms']:.2f} / {r['half_batch_ms']:.2f} | "
             f"{r['full_b1_ms']:.2f} / {r['half_b1_ms']:.2f} |")
     table = "\n".join(lines)
@@ -176,7 +182,9 @@ def main() -> None:
         f"{args.threads}`; torch {torch.__version__}; {args.repeats} alternated pairs of passes "
         f"over {args.steps} steps (medians; the ratio is the median of the pairs' ratios). "
         "The gated step includes sampling, dL/dz, the prior step and the gate update; "
-        "both steps include the learning-rate schedule's step.\n\n" + table + "\n"))
+        "'gates fixed': the step after the early decision (every section kept), the prior's "
+        "step alone; both steps include the learning-rate schedule's step.\n\n" + table
+        + "\n"))
 
 
 if __name__ == "__main__":

@@ -160,9 +160,9 @@ class MethodConfig(_Strict):
     )
     prune_patience: int = Field(50, ge=1, description="steps theta=0 and R1>R0 must hold")
     prior_every: int = Field(
-        1, ge=1, description="steps between the prior's weight steps (each one prior_every "
+        8, ge=1, description="steps between the prior's weight steps (each one prior_every "
         "times as long) and refreshes of its rent: fewer small kernels per step "
-        "(docs/algorithm.md, 'The prior every few steps')",
+        "(docs/algorithm.md, departure 10)",
     )
     decide_at: int = Field(
         0, ge=0, description="epoch after which the structure is decided once by the loss "

@@ -82,7 +82,7 @@ class GateController:
 
     The prior's weight step and the ``Q`` its rent comes from are refreshed every
     ``prior_every`` steps, as one step of ``prior_every`` times the step size; the rent between
-    is the last one (docs/algorithm.md, "The prior every few steps").
+    is the last one (docs/algorithm.md, departure 10).
 
     ``fix(z)`` ends all of this (docs/algorithm.md, "Early decision"): theta takes the decided
     vertices, the sections at 0 are removed at once, and from then on the gates are ``fixed``:

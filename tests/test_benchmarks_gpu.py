@@ -19,7 +19,8 @@ def test_gpu_benchmark_runs_on_cpu_quick(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "gpu-cpu-quick.json").read_text())
     steps = {r["case"].split(" ")[0]: r for r in result["steps"]}
     assert set(steps) == {"mlp-12", "cnn1d-8", "resnet20", "resnet56"}
-    assert all(r["gated_step_ms"] > 0 and r["plain_step_ms"] > 0 for r in steps.values())
+    assert all(r["gated_step_ms"] > 0 and r["plain_step_ms"] > 0 and r["fixed_step_ms"] > 0
+               for r in steps.values())
     assert [r["share"] for r in result["sweep"]] == [1.0]
     for r in result["sweep"]:  # every trial of each sweep ended (finished or stopped)
         assert r["complete"] + r["stopped"] == r["trials"] == 2

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = {"data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
           "model": {"name": "mlp", "depth": 4, "width": 16}, "optimizer": {"lr": 0.05},
           "method": {"prior_weight": 9.0, "theta_lr": 2.0, "prune_patience": 5,
-                     "theta_init": 0.9},
+                     "theta_init": 0.9, "prior_every": 1},  # removals at several steps
           "epochs": 3, "seed": 0, "device": "cpu"}
 
 

@@ -69,7 +69,8 @@ def test_a_pruned_block_leaves_the_users_optimizer_and_training_goes_on():
     x, y = _task()
     gated = gate(net, x[:16])
     opt = torch.optim.SGD(gated.parameters(), lr=0.05, momentum=0.9)  # no schedule
-    pruner = Pruner(gated, opt, num_train=len(y), prune_patience=2)
+    # prior_every 1: the rent reads the shrunken weights at the very next step
+    pruner = Pruner(gated, opt, num_train=len(y), prune_patience=2, prior_every=1)
     _user_step(gated, opt, pruner, x[:32], y[:32])  # momentum state for every parameter
     doomed = list(net[1].body.parameters())
     with torch.no_grad():  # tiny weights: the spike is preferred (R_1 > R_0)
