@@ -28,6 +28,7 @@ TRIALS = {
     "lenet5": {"data": {"name": "mnist"}, "model": {"name": "lenet5"}},
     "vgg16": {"data": {"name": "cifar10"}, "model": {"name": "vgg16"}},
     "resnet": {"data": {"name": "cifar10"}, "model": {"name": "resnet20"}},
+    "resnet20_depth": {"data": {"name": "mnist"}, "model": {"name": "resnet20"}},
     "default": {"data": {"name": "digits"}, "model": {"name": "mlp"}},
     "prior_weight": {"data": {"name": "digits"}, "model": {"name": "mlp"}},
 }
