@@ -1,12 +1,12 @@
 """The gate step one step late (docs/algorithm.md, departure 9) against the gate step in the step
-that computed its gradient: reference (a), trials/mnist1d_cnn.yaml, over seeds.
+that computed its gradient: reference (a), trials/mnist1d_cnn.yaml (or ``--trial``), over seeds.
 
 Each run appends one JSON line (seed, final validation accuracy, sections kept, when each was
 removed) to OUT; ``--no-lag`` applies every gradient at once (``Pruner.settle`` after each step).
 ``--table A.jsonl B.jsonl ...`` prints the comparison of finished files.
 
     .venv/bin/python benchmarks/gate_lag.py OUT.jsonl [--no-lag] [--seeds 0 1 2 3 4]
-        [--set method.decide_at=0 ...]
+        [--set method.decide_at=0 ...] [--trial trials/mnist_mlp.yaml]
     .venv/bin/python benchmarks/gate_lag.py --table before.jsonl lag.jsonl no-lag.jsonl
 """
 
@@ -36,10 +36,11 @@ class NoLagTrial(Trial):
         return loss
 
 
-def run(out: Path, seeds: list[int], overrides: dict, no_lag: bool) -> None:
+def run(out: Path, seeds: list[int], overrides: dict, no_lag: bool, trial_file: str = TRIAL
+        ) -> None:
     torch.set_num_threads(1)
     for seed in seeds:
-        config = load_trial(TRIAL, {"seed": seed, **overrides})
+        config = load_trial(trial_file, {"seed": seed, **overrides})
         start = time.perf_counter()
         trial = NoLagTrial(config) if no_lag else None
         result = run_trial(config, lambda m, c: None, trial=trial)
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("out", nargs="?", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--trial", default=TRIAL, help=f"trial file (default {TRIAL})")
     parser.add_argument("--no-lag", action="store_true")
     parser.add_argument("--table", type=Path, nargs="+")
     args = parser.parse_args()
@@ -79,7 +81,7 @@ def main() -> None:
     elif args.out is None:
         parser.error("give OUT.jsonl, or --table FILES")
     else:
-        run(args.out, args.seeds, parse_set(args.set), args.no_lag)
+        run(args.out, args.seeds, parse_set(args.set), args.no_lag, args.trial)
 
 
 if __name__ == "__main__":
