@@ -36,9 +36,10 @@ class NoLagTrial(Trial):
         return loss
 
 
-def run(out: Path, seeds: list[int], overrides: dict, no_lag: bool, trial_file: str = TRIAL
-        ) -> None:
-    torch.set_num_threads(1)
+def run(out: Path, seeds: list[int], overrides: dict, no_lag: bool, trial_file: str = TRIAL,
+        threads: int = 1) -> None:
+    if threads:
+        torch.set_num_threads(threads)
     for seed in seeds:
         config = load_trial(trial_file, {"seed": seed, **overrides})
         start = time.perf_counter()
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--trial", default=TRIAL, help=f"trial file (default {TRIAL})")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--no-lag", action="store_true")
     parser.add_argument("--table", type=Path, nargs="+")
     args = parser.parse_args()
@@ -81,7 +83,7 @@ def main() -> None:
     elif args.out is None:
         parser.error("give OUT.jsonl, or --table FILES")
     else:
-        run(args.out, args.seeds, parse_set(args.set), args.no_lag, args.trial)
+        run(args.out, args.seeds, parse_set(args.set), args.no_lag, args.trial, args.threads)
 
 
 if __name__ == "__main__":
