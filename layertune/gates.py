@@ -273,17 +273,14 @@ class GateController:
     def shrink_weights(self, lr: float) -> None:
         """The prior's step on the weights, on the device, at the ``theta`` of this step: on
         one call in ``prior_every``, with ``Q`` read then (the rent ``gradient`` uses is
-        refreshed from it) and step size ``prior_every * lr``; nothing on the others.
-
-        Why lazily: ``Q`` and the step cost a kernel per prior tensor, as much as the rest of
-        the gate machinery together on a small network, while each step moves the weights by
-        ``lr * lambda / N`` of their size; the semi-implicit step of ``prior_every * lr`` is
-        still a shrink that cannot overshoot."""
+        refreshed from it, while the gates still learn) and step size ``prior_every * lr``;
+        nothing on the others (why: docs/algorithm.md, departure 10)."""
         self._prior_calls += 1
         if (self._prior_calls - 1) % self.prior_every:
             return
         q = self.prior.quadratic()
-        self._rent = self.prior.rent(q)
+        if not self.fixed:  # fixed gates take no gate steps: nothing reads the rent
+            self._rent = self.prior.rent(q)
         self.prior.shrink_(q, to_device(self.theta, self.device), lr * self.prior_every)
 
     def step(self, grad: GateGradient, schedule: float = 1.0) -> None:
