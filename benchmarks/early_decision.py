@@ -24,7 +24,7 @@ from statistics import mean
 
 import torch
 
-from layertune.config import load_trial
+from layertune.config import load_trial, parse_set
 from layertune.train import run_trial
 
 try:
@@ -104,17 +104,20 @@ def main() -> None:
     parser.add_argument("--trial", default=TRIAL, help=f"trial config (default {TRIAL})")
     parser.add_argument("--learned-only", action="store_true",
                         help="only the shipped runs (no gates-fixed or from-scratch runs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a trial override for every run, e.g. method.decide_at=1")
     parser.add_argument("--write", action="store_true", help="update docs/results.md")
     args = parser.parse_args()
+    common = parse_set(args.set)
     fixed = {"method.gates": "fixed"}
     name = "reference (a)" if args.trial == TRIAL else Path(args.trial).stem
     # model.depth = k is the kept network only where every section has one shape (cnn1d)
     from_scratch = args.trial == TRIAL
-    groups: list[tuple[str, list[int], dict, bool]] = [(name, args.seeds, {}, from_scratch)]
+    groups: list[tuple[str, list[int], dict, bool]] = [(name, args.seeds, common, from_scratch)]
     if args.held_out:
-        groups.append((f"{name}, held out", args.held_out, {}, from_scratch))
-    groups += [(name, args.variant_seeds, o, False) for name, o in VARIANTS.items()
-               if args.variant_seeds]
+        groups.append((f"{name}, held out", args.held_out, common, from_scratch))
+    groups += [(name, args.variant_seeds, {**common, **o}, False)
+               for name, o in VARIANTS.items() if args.variant_seeds]
     lines = ["| run | seeds | sections kept | decided by epoch | max fall after epoch 3, "
              "pts (gates fixed) | val | gates-fixed val | kept depth from scratch val | "
              "worst / mean gap to fixed, pts | train FLOPs / fixed, mean / max |",
