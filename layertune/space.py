@@ -256,19 +256,45 @@ def spread(values: list[Any]) -> list[Any]:
     return [values[i] for i in order]
 
 
-def covering_points(space: SearchSpace) -> list[dict[str, Any]]:
+def covering_points(space: SearchSpace, samples: int | None = None) -> list[dict[str, Any]]:
     """The first trials of a sweep: every value (every combination, when several parameters
     have ``cover: true``) once, spread out; the sampler chooses the other parameters. A sweep
-    of fewer trials takes the first ones.
+    of fewer ``samples`` than combinations covers evenly spaced values instead (``thinned``):
+    4 trials over 0..9 take 0, 3, 6, 9, not the first four of the spread order (0, 9, 4, 6).
 
     Why: a sampler draws a depth at random, so 16 draws over 9 depths miss some and repeat
     others, and the front has holes where a from-scratch grid has points (docs/algorithm.md,
     "Covering the depths").
     """
-    covered = {k: spread(_values(p)) for k, p in space.parameters.items()
+    covered = {k: _values(p) for k, p in space.parameters.items()
                if not isinstance(p, FloatParam) and p.cover}
+    if samples is not None:
+        covered = thinned(covered, samples)
     return [dict(zip(covered, combo, strict=True))
-            for combo in itertools.product(*covered.values())] if covered else []
+            for combo in itertools.product(*(spread(v) for v in covered.values()))
+            ] if covered else []
+
+
+def thinned(covered: dict[str, list[Any]], samples: int) -> dict[str, list[Any]]:
+    """Evenly spaced values of each covered parameter, both ends kept, as many as let every
+    combination fit in ``samples`` trials: the parameter with the most values loses one at a
+    time (at least one value each)."""
+    counts = {k: len(v) for k, v in covered.items()}
+    while math.prod(counts.values()) > max(samples, 1):
+        widest = max(counts, key=counts.get)
+        if counts[widest] == 1:
+            break
+        counts[widest] -= 1
+    return {k: _evenly(v, counts[k]) for k, v in covered.items()}
+
+
+def _evenly(values: list[Any], count: int) -> list[Any]:
+    if count >= len(values):
+        return list(values)
+    if count == 1:
+        return [values[0]]
+    last = len(values) - 1
+    return [values[round(i * last / (count - 1))] for i in range(count)]
 
 
 def max_epochs(space: SearchSpace, trial: TrialConfig) -> int:

@@ -17,6 +17,7 @@ from layertune.space import (
     max_epochs,
     parse_space,
     spread,
+    thinned,
 )
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -252,3 +253,19 @@ def test_the_demo_space_covers_every_depth_first():
     space = load_space(SPACES / "cnn1d.yaml")
     depths = [p["method.decide_sections"] for p in covering_points(space)]
     assert sorted(depths) == list(range(9))
+
+
+def test_a_sweep_of_fewer_trials_covers_evenly_spaced_values_both_ends_kept():
+    space = parse_space({"parameters": {
+        "method.decide_sections": {"type": "int", "low": 0, "high": 9, "cover": True}}}, "x")
+    depths = [p["method.decide_sections"] for p in covering_points(space, samples=4)]
+    assert depths == [0, 9, 3, 6]  # spread order: every prefix spans the range
+    assert [p["method.decide_sections"] for p in covering_points(space, samples=2)] == [0, 9]
+    assert len(covering_points(space, samples=30)) == 10  # more trials: every value once
+
+
+def test_several_covered_parameters_thin_the_one_with_most_values_first():
+    covered = {"a": list(range(9)), "b": ["x", "y"]}
+    assert thinned(covered, 8) == {"a": [0, 3, 5, 8], "b": ["x", "y"]}
+    assert thinned(covered, 18) == covered
+    assert thinned(covered, 1) == {"a": [0], "b": ["x"]}

@@ -304,8 +304,8 @@ def test_resource_check_per_node():
 
 @pytest.mark.parametrize(("samples", "words"), [
     (16, "the first 9 trials cover every value of method.decide_sections"),
-    (4, "the trials cover only 4 of the 9 values of method.decide_sections (cover: true; "
-        "--samples 9 covers them all)"),
+    (4, "the first 4 trials cover 4 of the 9 values, evenly spaced (method.decide_sections "
+        "0 3 5 8; --samples 9 covers them all)"),
 ])
 def test_the_banner_says_what_the_trials_cover(samples, words):
     plan = plan_sweep(ROOT / "trials" / "mnist1d_cnn.yaml", ROOT / "search_spaces" / "cnn1d.yaml",

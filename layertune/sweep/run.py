@@ -93,13 +93,16 @@ def _print_banner(plan: SweepPlan) -> None:
 
 def covering_text(plan: SweepPlan) -> str:
     """The banner's note on the values ``cover: true`` queues first (empty if none)."""
-    covered = covering_points(plan.space)
-    if not covered:
+    every = covering_points(plan.space)
+    if not every:
         return ""
-    keys = ", ".join(covered[0])
-    if plan.options.samples < len(covered):
-        return (f"; the trials cover only {plan.options.samples} of the {len(covered)} values "
-                f"of {keys} (cover: true; --samples {len(covered)} covers them all)")
+    keys = ", ".join(every[0])
+    covered = covering_points(plan.space, plan.options.samples)
+    if len(covered) < len(every):
+        taken = "; ".join(f"{k} " + " ".join(str(v) for v in sorted({p[k] for p in covered}))
+                          for k in every[0])
+        return (f"; the first {len(covered)} trials cover {len(covered)} of the {len(every)} "
+                f"values, evenly spaced ({taken}; --samples {len(every)} covers them all)")
     return f"; the first {len(covered)} trials cover every value of {keys}"
 
 
