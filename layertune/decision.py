@@ -39,10 +39,18 @@ def most_useful(loss_of: Callable[[list[float]], float], keep: list[float],
     go. A sweep that searches this count gets a point at every depth (``method.decide_sections``);
     the ranking is the loss budget's."""
     gates = list(keep)
+    if nothing_to_rank(gates, sections):  # none or all: no loss to measure
+        return gates if sections else [0.0] * len(gates)
     alone = _loss_without_each(loss_of, gates)
-    for i in sorted(alone, key=alone.get)[:max(len(alone) - sections, 0)]:
+    for i in sorted(alone, key=alone.get)[:len(alone) - sections]:
         gates[i] = 0.0
     return gates
+
+
+def nothing_to_rank(keep: list[float], sections: int | None) -> bool:
+    """Whether the depth target ``sections`` keeps none or all of the kept sections: then
+    ``most_useful`` is known before any training (``Trial`` decides it before the first step)."""
+    return sections is not None and (sections == 0 or sections >= keep.count(1.0))
 
 
 def _loss_without_each(loss_of: Callable[[list[float]], float],

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import Tensor
 from .batchnorm import recalibrate
 from .config import ConfigError, TrialConfig
 from .data import DataBundle
+from .decision import nothing_to_rank
 from .factory import trial_data, trial_model
 from .flops import FlopTable, flop_table
 from .gates import GateController
@@ -111,6 +113,11 @@ class Trial:
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
         )
+        if self.mode == "learned" and nothing_to_rank(self.gates.deterministic(),
+                                                       m.decide_sections):
+            # a depth target of none or all sections needs no training to decide: the trial
+            # trains that network from its first step (docs/algorithm.md, "Early decision")
+            self.decide_structure()
 
     # --- training ---------------------------------------------------------------------------
 
@@ -189,8 +196,8 @@ class Trial:
         ``method.decide_sections``) keeps, fix the gates, remove the rest from the network and
         the optimiser."""
         m = self.config.method
-        batches = self._train_batches(m.decide_batches)
-        self.pruner.decide_by(lambda z: self._batch_loss(batches, z))
+        batches = cache(lambda: self._train_batches(m.decide_batches))  # only if ranked
+        self.pruner.decide_by(lambda z: self._batch_loss(batches(), z))
         for i in self.gates.pruned_at_step:
             self.pruned_at.setdefault(i, self.epoch)
 

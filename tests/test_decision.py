@@ -10,7 +10,7 @@ from torch import nn
 
 from layertune.batchnorm import frozen_batchnorm_stats, recalibrate
 from layertune.config import load_trial
-from layertune.decision import loss_budget, most_useful
+from layertune.decision import loss_budget, most_useful, nothing_to_rank
 from layertune.gates import GateController
 from layertune.train import run_trial
 
@@ -138,6 +138,29 @@ def test_a_depth_target_keeps_the_sections_whose_removal_costs_most() -> None:
     assert most_useful(_loss_of, [1.0] * 4, 0) == [0.0] * 4
     assert most_useful(_loss_of, [1.0] * 4, 9) == [1.0] * 4  # more than there are: all stay
     assert most_useful(_loss_of, [1.0, 0.0, 1.0, 1.0], 1) == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_keeping_none_or_all_sections_is_decided_without_measuring_a_loss() -> None:
+    def no_loss(z: list[float]) -> float:
+        raise AssertionError("nothing to rank: no loss should be measured")
+
+    assert most_useful(no_loss, [1.0, 0.0, 1.0], 0) == [0.0, 0.0, 0.0]
+    assert most_useful(no_loss, [1.0, 0.0, 1.0], 2) == [1.0, 0.0, 1.0]
+    assert nothing_to_rank([1.0, 0.0, 1.0], 2) and not nothing_to_rank([1.0, 0.0, 1.0], 1)
+    assert not nothing_to_rank([1.0, 1.0], None)  # no depth target: the loss budget decides
+
+
+@pytest.mark.parametrize(("sections", "same_as"), [(0, "removed"), (6, "fixed")])
+def test_a_target_of_none_or_all_trains_that_network_from_the_first_step(sections, same_as):
+    """Nothing to rank, so nothing to learn first: the trial costs what the gates-removed (or
+    gates-fixed) network costs, epoch by epoch, and keeps ``sections`` from epoch 1."""
+    base = {"epochs": 2, "method.decide_at": 1}
+    target = run_trial(load_trial("trials/digits_mlp.yaml", {
+        **base, "method.decide_sections": sections}), lambda m, c: None).history
+    plain = run_trial(load_trial("trials/digits_mlp.yaml", {
+        **base, "method.gates": same_as}), lambda m, c: None).history
+    assert [h["active_layers"] for h in target] == [sections, sections]
+    assert [h["train_flops"] for h in target] == [h["train_flops"] for h in plain]
 
 
 def test_a_trial_with_a_depth_target_keeps_that_many_sections() -> None:
