@@ -176,7 +176,7 @@ class MethodConfig(_Strict):
     decide_sections: int | None = Field(
         None, ge=0, description="early decision: keep exactly this many sections (those whose "
         "removal alone raises the loss most) instead of the loss budget; a sweep searching it "
-        "gets a point at every depth; 0, or all sections, is decided before the first step",
+        "gets a point at every depth; a trial takes 0, or all sections, before its first step",
     )
     decide_batches: int = Field(
         10, ge=1, description="training minibatches the early decision measures the loss on",

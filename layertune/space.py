@@ -259,42 +259,33 @@ def spread(values: list[Any]) -> list[Any]:
 def covering_points(space: SearchSpace, samples: int | None = None) -> list[dict[str, Any]]:
     """The first trials of a sweep: every value (every combination, when several parameters
     have ``cover: true``) once, spread out; the sampler chooses the other parameters. A sweep
-    of fewer ``samples`` than combinations covers evenly spaced values instead (``thinned``):
-    4 trials over 0..9 take 0, 3, 6, 9, not the first four of the spread order (0, 9, 4, 6).
+    of fewer ``samples`` takes the first ``samples`` of them, and where one parameter is
+    covered, evenly spaced values of it (``covered_values``).
 
     Why: a sampler draws a depth at random, so 16 draws over 9 depths miss some and repeat
     others, and the front has holes where a from-scratch grid has points (docs/algorithm.md,
     "Covering the depths").
     """
+    covered = covered_values(space, samples)
+    points = [dict(zip(covered, combo, strict=True))
+              for combo in itertools.product(*(spread(v) for v in covered.values()))
+              ] if covered else []
+    return points if samples is None else points[:samples]
+
+
+def covered_values(space: SearchSpace, samples: int | None = None) -> dict[str, list[Any]]:
+    """Each ``cover: true`` parameter's values in their listed order. With one such parameter
+    and fewer ``samples`` than values: evenly spaced ones, both ends kept (4 of 0..9: 0, 3, 6,
+    9, a from-scratch grid's depths, where the spread order's first four are 0, 9, 4, 6)."""
     covered = {k: _values(p) for k, p in space.parameters.items()
                if not isinstance(p, FloatParam) and p.cover}
-    if samples is not None:
-        covered = thinned(covered, samples)
-    return [dict(zip(covered, combo, strict=True))
-            for combo in itertools.product(*(spread(v) for v in covered.values()))
-            ] if covered else []
-
-
-def thinned(covered: dict[str, list[Any]], samples: int) -> dict[str, list[Any]]:
-    """Evenly spaced values of each covered parameter, both ends kept, as many as let every
-    combination fit in ``samples`` trials: the parameter with the most values loses one at a
-    time (at least one value each)."""
-    counts = {k: len(v) for k, v in covered.items()}
-    while math.prod(counts.values()) > max(samples, 1):
-        widest = max(counts, key=counts.get)
-        if counts[widest] == 1:
-            break
-        counts[widest] -= 1
-    return {k: _evenly(v, counts[k]) for k, v in covered.items()}
-
-
-def _evenly(values: list[Any], count: int) -> list[Any]:
-    if count >= len(values):
-        return list(values)
-    if count == 1:
-        return [values[0]]
-    last = len(values) - 1
-    return [values[round(i * last / (count - 1))] for i in range(count)]
+    if samples is not None and len(covered) == 1:
+        key, values = next(iter(covered.items()))
+        if samples < len(values):
+            last = len(values) - 1
+            covered[key] = [values[0]] if samples <= 1 else [
+                values[round(i * last / (samples - 1))] for i in range(samples)]
+    return covered
 
 
 def max_epochs(space: SearchSpace, trial: TrialConfig) -> int:

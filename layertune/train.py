@@ -42,7 +42,7 @@ class TrialDiverged(RuntimeError):
 class TrialResult:
     config: dict
     history: list[dict]
-    pruned_at: dict[int, int]  # section index -> epoch it was removed in
+    pruned_at: dict[int, int]  # section index -> epoch it was removed in (0: before)
     decided: dict[int, float] = field(default_factory=dict)  # gate -> theta before the decision
     test: dict | None = None
     note: str | None = None
@@ -113,8 +113,9 @@ class Trial:
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
         )
-        if self.mode == "learned" and nothing_to_rank(self.gates.deterministic(),
-                                                       m.decide_sections):
+        present = [0.0 if s.pruned else 1.0 for s in self.model.sections]
+        if (self.mode == "learned" and m.decide_at and self.gates.deterministic() == present
+                and nothing_to_rank(present, m.decide_sections)):
             # a depth target of none or all sections needs no training to decide: the trial
             # trains that network from its first step (docs/algorithm.md, "Early decision")
             self.decide_structure()

@@ -12,7 +12,7 @@ from layertune.batchnorm import frozen_batchnorm_stats, recalibrate
 from layertune.config import load_trial
 from layertune.decision import loss_budget, most_useful, nothing_to_rank
 from layertune.gates import GateController
-from layertune.train import run_trial
+from layertune.train import Trial, run_trial
 
 # An additive loss: section i buys COST[i] of loss; its removal costs that much.
 COST = [0.5, 0.05, 0.3, 0.02]
@@ -161,6 +161,17 @@ def test_a_target_of_none_or_all_trains_that_network_from_the_first_step(section
         **base, "method.gates": same_as}), lambda m, c: None).history
     assert [h["active_layers"] for h in target] == [sections, sections]
     assert [h["train_flops"] for h in target] == [h["train_flops"] for h in plain]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"method.decide_at": 0},  # no early decision: decide_sections plays no part
+    {"method.decide_at": 1, "method.theta_init": 0.3},  # gates that round to 0 are not "none"
+])
+def test_only_an_early_decision_of_none_or_all_present_sections_is_taken_at_once(overrides):
+    config = load_trial("trials/digits_mlp.yaml", {
+        "epochs": 2, "method.decide_sections": 0, **overrides})
+    trial = Trial(config)
+    assert not trial.gates.fixed and not any(s.pruned for s in trial.model.sections)
 
 
 def test_a_trial_with_a_depth_target_keeps_that_many_sections() -> None:

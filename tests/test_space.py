@@ -11,13 +11,13 @@ from layertune.config import ConfigError, validate
 from layertune.space import (
     DefineByRun,
     check_parameters,
+    covered_values,
     covering_points,
     load_space,
     make_sampler,
     max_epochs,
     parse_space,
     spread,
-    thinned,
 )
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -264,8 +264,15 @@ def test_a_sweep_of_fewer_trials_covers_evenly_spaced_values_both_ends_kept():
     assert len(covering_points(space, samples=30)) == 10  # more trials: every value once
 
 
-def test_several_covered_parameters_thin_the_one_with_most_values_first():
-    covered = {"a": list(range(9)), "b": ["x", "y"]}
-    assert thinned(covered, 8) == {"a": [0, 3, 5, 8], "b": ["x", "y"]}
-    assert thinned(covered, 18) == covered
-    assert thinned(covered, 1) == {"a": [0], "b": ["x"]}
+def test_several_covered_parameters_take_the_first_combinations_of_the_spread_order():
+    space = parse_space({"parameters": {
+        "a": {"type": "int", "low": 0, "high": 1, "cover": True},
+        "b": {"type": "categorical", "choices": ["x", "y"], "cover": True}}}, "x")
+    assert covering_points(space, samples=3) == covering_points(space)[:3]
+
+
+def test_a_covered_categorical_keeps_its_listed_order_whatever_its_types():
+    space = parse_space({"parameters": {"model.width": {
+        "type": "categorical", "choices": ["auto", 16, 32, 64, 128], "cover": True}}}, "x")
+    assert covered_values(space, samples=3) == {"model.width": ["auto", 32, 128]}
+    assert covered_values(space) == {"model.width": ["auto", 16, 32, 64, 128]}

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from ..contract import REPEAT_OF
 from ..search import check_study, close_running, open_storage
-from ..space import covering_points
+from ..space import covered_values, covering_points
 from .cluster import ray_for, resources_text
 from .plan import RECORD, SweepPlan
 from .result import SweepResult, collect, write_front
@@ -98,12 +98,15 @@ def covering_text(plan: SweepPlan) -> str:
         return ""
     keys = ", ".join(every[0])
     covered = covering_points(plan.space, plan.options.samples)
-    if len(covered) < len(every):
-        taken = "; ".join(f"{k} " + " ".join(str(v) for v in sorted({p[k] for p in covered}))
-                          for k in every[0])
+    if len(covered) == len(every):
+        return f"; the first {len(covered)} trials cover every value of {keys}"
+    values = covered_values(plan.space, plan.options.samples)
+    if len(values) == 1:
+        taken = " ".join(str(v) for v in values[keys])
         return (f"; the first {len(covered)} trials cover {len(covered)} of the {len(every)} "
-                f"values, evenly spaced ({taken}; --samples {len(every)} covers them all)")
-    return f"; the first {len(covered)} trials cover every value of {keys}"
+                f"values, evenly spaced ({keys} {taken}; --samples {len(every)} covers them all)")
+    return (f"; the trials cover only {len(covered)} of the {len(every)} combinations of {keys}"
+            f" (cover: true; --samples {len(every)} covers them all)")
 
 
 def _finish(plan: SweepPlan, storage: optuna.storages.RDBStorage, sweep: SweepTuner,
