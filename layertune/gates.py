@@ -147,6 +147,10 @@ class GateController:
     def alive(self) -> list[int]:
         return [i for i, s in enumerate(self.sections) if not s.pruned]
 
+    def remaining(self) -> list[float]:
+        """Every section still in the network on, the removed ones off."""
+        return [0.0 if s.pruned else 1.0 for s in self.sections]
+
     def deterministic(self) -> list[float]:
         """``round(theta)``: the gates used for evaluation and export."""
         return [float(t >= 0.5) for t in self.theta.tolist()]

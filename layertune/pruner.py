@@ -98,7 +98,7 @@ class Pruner:
         remaining section on. Returns ``z``."""
         if self.gates.fixed:
             self._draw = None
-            z = [0.0 if s.pruned else 1.0 for s in self.gates.sections]
+            z = self.gates.remaining()
             self.model.set_gates(z)
             return z
         self._draw = self.gates.sample()

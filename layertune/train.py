@@ -113,7 +113,7 @@ class Trial:
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
         )
-        present = [0.0 if s.pruned else 1.0 for s in self.model.sections]
+        present = self.gates.remaining()
         if (self.mode == "learned" and m.decide_at and self.gates.deterministic() == present
                 and nothing_to_rank(present, m.decide_sections)):
             # a depth target of none or all sections needs no training to decide: the trial
@@ -139,7 +139,7 @@ class Trial:
 
     def _plain_step(self, x: Tensor, y: Tensor) -> Tensor:
         """Every section on (``gates: fixed``) or none (``removed``): no gates, no prior."""
-        z = [0.0 if s.pruned else 1.0 for s in self.model.sections]
+        z = self.gates.remaining()
         self.model.set_gates(z)
         loss = self._backward(x, y)
         self.optimizer.step()

@@ -102,7 +102,7 @@ def covering_text(plan: SweepPlan) -> str:
         return f"; the first {len(covered)} trials cover every value of {keys}"
     values = covered_values(plan.space, plan.options.samples)
     if len(values) == 1:
-        taken = " ".join(str(v) for v in values[keys])
+        taken = " ".join(str(v) for v in values.popitem()[1])
         return (f"; the first {len(covered)} trials cover {len(covered)} of the {len(every)} "
                 f"values, evenly spaced ({keys} {taken}; --samples {len(every)} covers them all)")
     return (f"; the trials cover only {len(covered)} of the {len(every)} combinations of {keys}"
