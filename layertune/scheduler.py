@@ -30,7 +30,7 @@ class GateCollapseScheduler(FIFOScheduler):
 
     Every trial reports per epoch ``epoch``, ``val_accuracy``, ``active_layers`` and
     ``collapsed`` (1 when every gate is exactly 0 or 1). The rule, applied to each result of a
-    trial against the results the other trials reported so far:
+    trial against the results the other trials reported at the same epoch:
 
     * **Collapsed** trial (``collapsed == 1``): its final depth is known.
 
@@ -39,10 +39,14 @@ class GateCollapseScheduler(FIFOScheduler):
       - *Dominated* collapse stops it, from epoch ``grace_epochs`` on: at the same epoch
         another trial reported ``val_accuracy >= its val_accuracy + margin`` with
         ``active_layers <=`` its own (Pareto dominance at equal budget; with ``margin == 0``
-        one of the two must be strictly better). Before ``grace_epochs`` a collapsed
-        trial's accuracy says little: right after an early decision it dips by an amount
-        that does not rank the final networks (a 1-section cnn1d trial at 0.12 is beaten by
-        a 0-section one at 0.16, and ends at 0.96 against 0.6; docs/results.md).
+        one of the two must be strictly better). Whichever of the two reported that epoch
+        first: a trial that ran ahead and is dominated by a result arriving after its own
+        stops at its next result (unless that is its last), and its results after that epoch
+        judge no other trial from then on. What it did before it was overtaken (stopping
+        others, finishing) still depends on which trial ran ahead. Before ``grace_epochs``
+        a collapsed trial's accuracy says little: right after an early decision it dips by
+        an amount that does not rank the final networks (a 1-section cnn1d trial at 0.12 is
+        beaten by a 0-section one at 0.16, and ends at 0.96 against 0.6; docs/results.md).
       - Otherwise it runs on (and is judged again at its next epoch).
 
     * **Undecided** trial (some gate strictly between 0 and 1): runs on until ``decide_by``
@@ -114,6 +118,11 @@ class GateCollapseScheduler(FIFOScheduler):
         # rung epoch -> trial_id -> (accuracy, active sections) (ASHA part).
         self._rungs: dict[int, dict[str, tuple[float, float]]] = {}
         self._last_epoch: dict[str, int] = {}
+        # epoch -> the trials whose result at that epoch was collapsed (judged for dominance)
+        self._collapsed: dict[int, set[str]] = {}
+        # trial_id -> the reason a later result dominated it: a stop at its next result
+        self._dominated_later: dict[str, str] = {}
+        self._ended: set[str] = set()
         self.stops: dict[str, dict[str, Any]] = {}
 
     # Tune passes the TuneConfig metric/mode here; the rule's metric is fixed by the
@@ -136,8 +145,17 @@ class GateCollapseScheduler(FIFOScheduler):
         config = trial.config if isinstance(trial.config, dict) else {}
         last = config.get("epochs", self.max_t)
         ends_now = bool(result.get("done")) or (last is not None and epoch >= int(last))
+        overtaken = self._dominated_later.pop(trial_id, None)
+        if overtaken and not ends_now and math.isfinite(float(result[self._metric])):
+            # stopped as at the epoch it was dominated: this result judges nobody
+            self.stops[trial_id] = {STOPPED_BY: DOMINATED, STOP_REASON: overtaken,
+                                    "epoch": epoch}
+            return TrialScheduler.STOP
+        if ends_now:
+            self._ended.add(trial_id)
         verdict = None if ends_now else self.judge(trial_id, result)
         self._record(trial_id, result)
+        self._mark_dominated_by(trial_id, result)
         if verdict is None:
             return TrialScheduler.CONTINUE
         stopped_by, reason = verdict
@@ -165,15 +183,9 @@ class GateCollapseScheduler(FIFOScheduler):
                     f" + {self.chance_margin:g} at epoch {epoch}"
                 )
             for other, (o_acc, o_active) in self._by_epoch.get(epoch, {}).items():
-                if other == trial_id:
-                    continue
-                better = o_acc > acc or o_active < active
-                if o_acc >= acc + self.margin and o_active <= active and better:
-                    return DOMINATED, (
-                        f"trial {other} at epoch {epoch}: val_accuracy {o_acc:.4f} >= "
-                        f"{acc:.4f} + {self.margin:g} with {o_active:g} <= {active:g} "
-                        "active sections"
-                    )
+                if other != trial_id and self._dominates(o_acc, o_active, acc, active):
+                    return DOMINATED, self._dominance_reason(other, epoch, o_acc, o_active,
+                                                             acc, active)
             return None
         rung = self._rung(epoch)
         if rung is None or trial_id in self._rungs.get(rung, {}):
@@ -187,6 +199,40 @@ class GateCollapseScheduler(FIFOScheduler):
                 f"{acc:.4f} with {active:g} active sections"
             )
         return None
+
+    def _dominates(self, o_acc: float, o_active: float, acc: float, active: float) -> bool:
+        better = o_acc > acc or o_active < active
+        return o_acc >= acc + self.margin and o_active <= active and better
+
+    def _dominance_reason(self, other: str, epoch: int, o_acc: float, o_active: float,
+                          acc: float, active: float) -> str:
+        return (f"trial {other} at epoch {epoch}: val_accuracy {o_acc:.4f} >= {acc:.4f} + "
+                f"{self.margin:g} with {o_active:g} <= {active:g} active sections")
+
+    def _mark_dominated_by(self, trial_id: str, result: dict) -> None:
+        """Marks the collapsed trials that reported this epoch before ``result`` and that it
+        dominates: each stops at its next result."""
+        epoch = int(result[self._time_attr])
+        acc = float(result[self._metric])
+        active = float(result[self._layers_attr])
+        if epoch < self.grace_epochs or not math.isfinite(acc):
+            return
+        for other in self._collapsed.get(epoch, set()) - {trial_id}:
+            if other in self.stops or other in self._ended or other in self._dominated_later:
+                continue
+            o_acc, o_active = self._by_epoch[epoch][other]
+            if self._dominates(acc, active, o_acc, o_active):
+                self._dominated_later[other] = self._dominance_reason(
+                    trial_id, epoch, acc, active, o_acc, o_active
+                ) + f" (reported after {other} had run ahead)"
+                self._withdraw(other, after=epoch)
+
+    def _withdraw(self, trial_id: str, after: int) -> None:
+        """Takes a trial's results after epoch ``after`` out of the tables that judge others."""
+        for epoch in range(after + 1, self._last_epoch.get(trial_id, after) + 1):
+            self._by_epoch.get(epoch, {}).pop(trial_id, None)
+            self._collapsed.get(epoch, set()).discard(trial_id)
+            self._rungs.get(epoch, {}).pop(trial_id, None)
 
     def _rung(self, epoch: int) -> int | None:
         """``epoch`` if it is a rung, ``round(decide_by * reduction_factor**k)``, else None."""
@@ -203,6 +249,11 @@ class GateCollapseScheduler(FIFOScheduler):
         self._last_epoch[trial_id] = epoch
         active = float(result[self._layers_attr])
         self._by_epoch.setdefault(epoch, {})[trial_id] = (acc, active)
+        collapsed = self._collapsed.setdefault(epoch, set())
+        if int(result.get(self._collapsed_attr, 0)) == 1:
+            collapsed.add(trial_id)
+        else:
+            collapsed.discard(trial_id)
         rung = self._rung(epoch)
         if rung is not None:
             self._rungs.setdefault(rung, {}).setdefault(trial_id, (acc, active))
@@ -210,9 +261,13 @@ class GateCollapseScheduler(FIFOScheduler):
     def on_trial_complete(
         self, tune_controller: TuneController, trial: Trial, result: dict
     ) -> None:
-        if result and self._metric in result and self._time_attr in result:
+        self._dominated_later.pop(trial.trial_id, None)
+        self._ended.add(trial.trial_id)
+        if result and all(k in result for k in (self._metric, self._time_attr,
+                                                self._layers_attr)):
             if self._last_epoch.get(trial.trial_id) != int(result[self._time_attr]):
                 self._record(trial.trial_id, result)
+                self._mark_dominated_by(trial.trial_id, result)
 
     def stop_record(self, trial_id: str) -> dict[str, Any] | None:
         return self.stops.get(trial_id)
@@ -226,6 +281,13 @@ class GateCollapseScheduler(FIFOScheduler):
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__dict__, f)
+
+    def __setstate__(self, state: dict) -> None:
+        # a sweep started before these tables existed resumes from its pickled scheduler
+        state.setdefault("_collapsed", {})
+        state.setdefault("_dominated_later", {})
+        state.setdefault("_ended", set())
+        self.__dict__.update(state)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

@@ -111,6 +111,87 @@ def test_margin_zero_needs_strict_improvement():
     assert feed(s, trial("c"), result(2, 0.9, 4)) == STOP
 
 
+def test_a_trial_dominated_by_a_later_result_stops_at_its_next_result():
+    s = make(margin=0.0)
+    ahead, behind = trial("ahead"), trial("behind")
+    assert feed(s, ahead, result(2, 0.90, 5)) == CONTINUE  # nothing else at epoch 2 yet
+    assert feed(s, behind, result(2, 0.93, 3)) == CONTINUE  # dominates "ahead" at epoch 2
+    assert feed(s, ahead, result(3, 0.99, 5)) == STOP
+    assert s.stops["ahead"][STOPPED_BY] == "dominated"
+    assert "trial behind at epoch 2" in s.stops["ahead"][STOP_REASON]
+    assert "after ahead had run ahead" in s.stops["ahead"][STOP_REASON]
+    assert s.stops["ahead"]["epoch"] == 3
+
+
+def test_a_later_result_dominates_only_as_an_earlier_one_would():
+    s = make(margin=0.02, grace_epochs=2)
+    for name, (acc, active, undecided) in {"lead_too_small": (0.90, 5, 0),
+                                           "shallower": (0.80, 2, 0),
+                                           "undecided": (0.80, 5, 2)}.items():
+        feed(s, trial(name), result(2, acc, active, undecided))
+    feed(s, trial("early"), result(1, 0.50, 5))  # before grace_epochs
+    feed(s, trial("later"), result(2, 0.91, 3))
+    feed(s, trial("later"), result(1, 0.91, 3))
+    for name in ("lead_too_small", "shallower", "undecided", "early"):
+        assert feed(s, trial(name), result(3, 0.5, 5)) == CONTINUE, name
+
+
+def test_a_later_dominance_never_stops_a_last_result():
+    s = make(margin=0.0, max_t=3)
+    feed(s, trial("a"), result(2, 0.90, 5))
+    feed(s, trial("b"), result(2, 0.95, 3))
+    assert feed(s, trial("a"), result(3, 0.99, 5)) == CONTINUE
+    assert "a" not in s.stops
+
+
+def test_the_stops_do_not_depend_on_which_trial_reported_an_epoch_first():
+    results = {"a": [result(2, 0.90, 5), result(3, 0.99, 3)],
+               "b": [result(2, 0.93, 3), result(3, 0.95, 3)]}
+    stopped = []
+    for first, second in (("a", "b"), ("b", "a")):
+        s = make(margin=0.0)
+        for epoch in range(2):
+            for name in (first, second):
+                if name not in s.stops:
+                    feed(s, trial(name), results[name][epoch])
+        stopped.append(set(s.stops))
+    assert stopped == [{"a"}, {"a"}]
+
+
+def test_results_after_the_epoch_a_trial_was_overtaken_judge_nobody():
+    s = make(margin=0.0)
+    feed(s, trial("ahead"), result(2, 0.90, 5))
+    feed(s, trial("ahead"), result(3, 0.95, 5))
+    feed(s, trial("overtaker"), result(2, 0.93, 3))
+    # ahead's epoch-3 result (0.95, 5 sections) would dominate this one; it no longer counts
+    assert feed(s, trial("third"), result(3, 0.94, 6)) == CONTINUE
+
+
+def test_a_completed_result_dominates_the_trials_that_reported_before_it():
+    s = make(margin=0.0)
+    feed(s, trial("a"), result(2, 0.90, 5))
+    s.on_trial_complete(None, trial("b"), result(2, 0.93, 3))
+    assert feed(s, trial("a"), result(3, 0.99, 5)) == STOP
+
+
+def test_a_nan_result_after_being_overtaken_is_not_a_stop():
+    s = make(margin=0.0)
+    feed(s, trial("a"), result(2, 0.90, 5))
+    feed(s, trial("b"), result(2, 0.93, 3))
+    assert feed(s, trial("a"), result(3, float("nan"), 5)) == CONTINUE  # fails on its own
+
+
+def test_a_scheduler_pickled_before_the_overtaking_rule_resumes():
+    import pickle
+
+    s = make(margin=0.0)
+    feed(s, trial("a"), result(2, 0.90, 5))
+    for name in ("_collapsed", "_dominated_later", "_ended"):
+        del s.__dict__[name]  # as pickled by the code before them (Tuner.restore unpickles)
+    resumed = pickle.loads(pickle.dumps(s))
+    assert feed(resumed, trial("b"), result(2, 0.80, 6)) == STOP
+
+
 def test_undecided_trial_runs_until_decide_by():
     s = make(decide_by=4)
     for i, acc in enumerate([0.9, 0.9, 0.9, 0.9], start=1):
