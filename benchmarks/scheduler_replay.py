@@ -45,7 +45,7 @@ except ImportError:  # imported as benchmarks.scheduler_replay
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = [("val_accuracy", "max"), ("active_layers", "min")]
 COVERED = "method.decide_sections"  # the covered parameter of search_spaces/cnn1d.yaml
-SHIPPED = "gate-collapse, grace 4, margin 0 (cnn1d.yaml)"
+SHIPPED = "gate-collapse, grace 4, margin 0.005 (cnn1d.yaml)"
 History = tuple[str, list[dict]]
 
 
@@ -125,11 +125,13 @@ def rules(epochs: int) -> dict[str, Callable[[], TrialScheduler]]:
         # search_spaces/cnn1d.yaml's own setting, then others: accuracy (near chance,
         # dominated) judged from the grace epoch on, dominance needing the margin's lead
         SHIPPED: lambda: GateCollapseScheduler(
-            max_t=epochs, decide_by=4, grace_epochs=4, margin=0.0),
-        "gate-collapse, grace 4, margin 0.005": lambda: GateCollapseScheduler(
             max_t=epochs, decide_by=4, grace_epochs=4, margin=0.005),
-        "gate-collapse, grace 4, margin 0.01": lambda: GateCollapseScheduler(
+        "gate-collapse, grace 4, margin 0 (cnn1d.yaml before the seventh session)": lambda:
+            GateCollapseScheduler(max_t=epochs, decide_by=4, grace_epochs=4, margin=0.0),
+        "gate-collapse, grace 4, margin 0.01 (the default)": lambda: GateCollapseScheduler(
             max_t=epochs, decide_by=4, grace_epochs=4),
+        "gate-collapse, grace 3, margin 0.005": lambda: GateCollapseScheduler(
+            max_t=epochs, decide_by=4, grace_epochs=3, margin=0.005),
         "gate-collapse, grace 3, margin 0": lambda: GateCollapseScheduler(
             max_t=epochs, decide_by=4, grace_epochs=3, margin=0.0),
         "gate-collapse, grace 2, margin 0": lambda: GateCollapseScheduler(
