@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             "## Scheduler replay: the FIFO sweeps through other rules\n\n"
             "`.venv/bin/python benchmarks/scheduler_replay.py` (after sweep_efficiency.py): each "
             f"FIFO sweep's histories fed again through a rule, {args.slots} trials at a time in "
-            "their original order (but in the row that says otherwise), epochs timed as they "
+            "their original order (except where a row says otherwise), epochs timed as they "
             "ran. Per sweep: trial-epochs and hypervolume of the finished trials' front, each "
             "as a share of FIFO's, and the distinct depths 1-7 on that front.\n\n" + text))
     return 0
