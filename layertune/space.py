@@ -11,6 +11,7 @@ A search-space YAML (``search_spaces/*.yaml``)::
       - {metric: val_accuracy, mode: max}
       - {metric: active_layers, mode: min}
     sampler: {name: nsga2, seed: 0}  # nsga2 | tpe | random
+    cover_others: trial              # covering trials' other parameters: trial | sampler
     scheduler: {decide_by: 6}        # optional: settings of the early gate collapse rule
 
 Every error is one line ``FILE: KEY: what is allowed`` (``ConfigError``), raised before any
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -139,6 +141,9 @@ class SearchSpace(_Strict):
     parameters: dict[str, Parameter] = Field(min_length=1)
     objectives: list[Objective] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
     sampler: SamplerConfig = SamplerConfig()
+    cover_others: Literal["trial", "sampler"] = Field(
+        "trial", description="the covering trials' other parameters: the trial config's "
+        "values where the space allows them, or the sampler's draws")
     scheduler: CollapseSettings = CollapseSettings()
 
     @field_validator("objectives")
@@ -256,21 +261,59 @@ def spread(values: list[Any]) -> list[Any]:
     return [values[i] for i in order]
 
 
-def covering_points(space: SearchSpace, samples: int | None = None) -> list[dict[str, Any]]:
+def covering_points(space: SearchSpace, samples: int | None = None,
+                    trial: TrialConfig | None = None) -> list[dict[str, Any]]:
     """The first trials of a sweep: every value (every combination, when several parameters
-    have ``cover: true``) once, spread out; the sampler chooses the other parameters. A sweep
-    of fewer ``samples`` takes the first ``samples`` of them, and where one parameter is
-    covered, evenly spaced values of it (``covered_values``).
+    have ``cover: true``) once, spread out. A sweep of fewer ``samples`` takes the first
+    ``samples`` of them, and where one parameter is covered, evenly spaced values of it
+    (``covered_values``). Given the ``trial`` config (and ``cover_others: trial``, the
+    default), the other parameters take its values where the space allows them
+    (``trial_values``); the sampler chooses the rest.
 
     Why: a sampler draws a depth at random, so 16 draws over 9 depths miss some and repeat
-    others, and the front has holes where a from-scratch grid has points (docs/algorithm.md,
+    others, and the front has holes where a from-scratch grid has points; and a covering trial
+    with a learning rate drawn at random decides a point of the front by that draw, where the
+    trial config's is the recipe the user would train each depth with (docs/algorithm.md,
     "Covering the depths").
     """
     covered = covered_values(space, samples)
-    points = [dict(zip(covered, combo, strict=True))
+    fixed = trial_values(space, trial) if trial is not None and space.cover_others == "trial" \
+        else {}
+    points = [dict(zip(covered, combo, strict=True)) | fixed
               for combo in itertools.product(*(spread(v) for v in covered.values()))
               ] if covered else []
     return points if samples is None else points[:samples]
+
+
+def trial_values(space: SearchSpace, trial: TrialConfig) -> dict[str, Any]:
+    """The trial config's value of each searched, not covered, parameter that the space
+    could propose itself (inside a number's range and on its step; one of the choices)."""
+    config = trial.model_dump()
+    values = {}
+    for key, p in space.parameters.items():
+        if getattr(p, "cover", False):
+            continue
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if _allows(p, value):
+            values[key] = value
+    return values
+
+
+def _allows(p: FloatParam | IntParam | CategoricalParam, value: Any) -> bool:
+    if isinstance(p, CategoricalParam):
+        return any(type(value) is type(c) and value == c for c in p.choices)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(p, IntParam) and not isinstance(value, int):
+        return False
+    if not p.low <= value <= p.high:
+        return False
+    if p.step is None:
+        return True
+    steps = (value - p.low) / p.step
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
 
 
 def covered_values(space: SearchSpace, samples: int | None = None) -> dict[str, list[Any]]:
@@ -320,12 +363,26 @@ class DefineByRun:
                 trial.suggest_categorical(key, p.choices)
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that Tune can snapshot with the searcher: Optuna 5.1 gives its genetic samplers
+    a ``threading.Lock`` (``_thread_lock``), which pickle refuses; the copy gets a new one."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(config: SamplerConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler; ``seed`` (the command line's) wins over the file's."""
     seed = config.seed if seed is None else seed
     if config.name == "nsga2":
         kwargs = {"population_size": config.population_size} if config.population_size else {}
-        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
+        return PicklableNSGAIISampler(seed=seed, **kwargs)
     if config.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)

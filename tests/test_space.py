@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import optuna
 import pytest
 
-from layertune.config import ConfigError, validate
+from layertune.config import ConfigError, load_trial, validate
 from layertune.space import (
     DefineByRun,
+    SamplerConfig,
     check_parameters,
     covered_values,
     covering_points,
@@ -18,9 +20,11 @@ from layertune.space import (
     max_epochs,
     parse_space,
     spread,
+    trial_values,
 )
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+TRIAL_FILES = Path(__file__).resolve().parent.parent / "trials"
 
 # A trial config each shipped space is meant for (small, so validation is all that happens).
 TRIALS = {
@@ -181,14 +185,12 @@ def test_random_sampler_with_a_seed_repeats_its_configurations():
     ("random", optuna.samplers.RandomSampler),
 ])
 def test_each_name_gives_its_sampler_and_the_command_line_seed_wins(name, cls):
-    from layertune.space import SamplerConfig
-
     def first_values(sampler: optuna.samplers.BaseSampler) -> list[float]:
         study = optuna.create_study(sampler=sampler)
         return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(3)]
 
     config = SamplerConfig(name=name, seed=1)
-    assert type(make_sampler(config)) is cls
+    assert isinstance(make_sampler(config), cls)
     assert first_values(make_sampler(config, seed=7)) == first_values(make_sampler(
         SamplerConfig(name=name, seed=7)))
     assert first_values(make_sampler(config, seed=7)) != first_values(make_sampler(config))
@@ -276,3 +278,43 @@ def test_a_covered_categorical_keeps_its_listed_order_whatever_its_types():
         "type": "categorical", "choices": ["auto", 16, 32, 64, 128], "cover": True}}}, "x")
     assert covered_values(space, samples=3) == {"model.width": ["auto", 32, 128]}
     assert covered_values(space) == {"model.width": ["auto", 16, 32, 64, 128]}
+
+
+def test_covering_trials_take_the_trial_configs_other_values_where_the_space_allows_them():
+    space = parse_space({"parameters": {
+        "method.decide_sections": {"type": "int", "low": 0, "high": 8, "cover": True},
+        "optimizer.lr": {"type": "float", "low": 0.02, "high": 0.1, "log": True},
+        "optimizer.momentum": {"type": "float", "low": 0.0, "high": 0.5},  # trial's 0.9: out
+        "epochs": {"type": "int", "low": 10, "high": 30, "step": 4}},  # trial's 20: off step
+    }, "x.yaml")
+    trial = load_trial(TRIAL_FILES / "mnist1d_cnn.yaml")
+    assert trial.optimizer.lr == 0.05 and trial.optimizer.momentum == 0.9
+    points = covering_points(space, samples=3, trial=trial)
+    assert points == [{"method.decide_sections": d, "optimizer.lr": 0.05} for d in (0, 8, 4)]
+    # the sampler draws what the trial config cannot give, and everything with cover_others
+    assert covering_points(space.model_copy(update={"cover_others": "sampler"}), samples=3,
+                           trial=trial) == covering_points(space, samples=3)
+    assert trial_values(space, trial) == {"optimizer.lr": 0.05}
+
+
+def test_a_categorical_takes_the_trial_configs_value_only_if_it_is_one_of_the_choices():
+    trial = load_trial(TRIAL_FILES / "mnist1d_cnn.yaml")
+    listed = parse_space({"parameters": {
+        "optimizer.name": {"type": "categorical", "choices": ["adamw", "sgd"]},
+        "method.decide_sections": {"type": "int", "low": 0, "high": 2, "cover": True}}}, "x")
+    assert trial_values(listed, trial) == {"optimizer.name": "sgd"}
+    unlisted = parse_space({"parameters": {
+        "optimizer.name": {"type": "categorical", "choices": ["adamw"]}}}, "x")
+    assert trial_values(unlisted, trial) == {}
+
+
+@pytest.mark.parametrize("name", ["nsga2", "tpe", "random"])
+def test_every_sampler_survives_a_pickle_round_trip_as_tunes_snapshot_takes_it(name):
+    sampler = make_sampler(SamplerConfig(name=name))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("d", 0, 8)), n_trials=3)
+    copy = pickle.loads(pickle.dumps(sampler))
+    assert type(copy) is type(sampler)
+    study.sampler = copy
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("d", 0, 8)), n_trials=2)
+    assert len(study.trials) == 5

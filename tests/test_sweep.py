@@ -303,9 +303,10 @@ def test_resource_check_per_node():
 
 
 @pytest.mark.parametrize(("samples", "words"), [
-    (16, "the first 9 trials cover every value of method.decide_sections"),
+    (16, "the first 9 trials cover every value of method.decide_sections at the trial "
+         "config's optimizer.lr 0.05"),
     (4, "the first 4 trials cover 4 of the 9 values, evenly spaced (method.decide_sections "
-        "0 3 5 8; --samples 9 covers them all)"),
+        "0 3 5 8; --samples 9 covers them all) at the trial config's optimizer.lr 0.05"),
 ])
 def test_the_banner_says_what_the_trials_cover(samples, words):
     plan = plan_sweep(ROOT / "trials" / "mnist1d_cnn.yaml", ROOT / "search_spaces" / "cnn1d.yaml",

@@ -98,15 +98,19 @@ def covering_text(plan: SweepPlan) -> str:
         return ""
     keys = ", ".join(every[0])
     covered = covering_points(plan.space, plan.options.samples)
+    fixed = covering_points(plan.space, 1, plan.trial)[0]
+    others = ", ".join(f"{k} {v}" for k, v in fixed.items() if k not in every[0])
+    at = f" at the trial config's {others}" if others else ""
     if len(covered) == len(every):
-        return f"; the first {len(covered)} trials cover every value of {keys}"
+        return f"; the first {len(covered)} trials cover every value of {keys}{at}"
     values = covered_values(plan.space, plan.options.samples)
     if len(values) == 1:
         taken = " ".join(str(v) for v in values.popitem()[1])
         return (f"; the first {len(covered)} trials cover {len(covered)} of the {len(every)} "
-                f"values, evenly spaced ({keys} {taken}; --samples {len(every)} covers them all)")
+                f"values, evenly spaced ({keys} {taken}; --samples {len(every)} covers them "
+                f"all){at}")
     return (f"; the trials cover only {len(covered)} of the {len(every)} combinations of {keys}"
-            f" (cover: true; --samples {len(every)} covers them all)")
+            f" (cover: true; --samples {len(every)} covers them all){at}")
 
 
 def _finish(plan: SweepPlan, storage: optuna.storages.RDBStorage, sweep: SweepTuner,

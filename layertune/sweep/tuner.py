@@ -67,7 +67,7 @@ def new_tuner(plan: SweepPlan, storage: optuna.storages.RDBStorage, live: bool,
         DefineByRun(space), metric=space.metrics, mode=space.modes,
         sampler=make_sampler(space.sampler, seed), study_name=plan.name, storage=storage,
         # queued in the study, so a resumed sweep goes on with those not yet asked
-        points_to_evaluate=covering_points(space, options.samples),
+        points_to_evaluate=covering_points(space, options.samples, plan.trial),
     )
     scheduler = make_scheduler(plan)
     monitor = SweepMonitor(options.samples, plan.name, live=live, interval=interval)
