@@ -461,6 +461,10 @@ def test_a_sweep_is_never_overwritten_and_resuming_a_finished_one_runs_nothing(s
     with pytest.raises(ConfigError, match="differs from what sweep t started with"):
         plan_sweep(plan.trial_path, plan.space_path, resume=True, overrides={"epochs": 3},
                    **kwargs)
+    # a sweep started by an earlier layertune, whose search space had no cover_others yet
+    record = json.loads((folder / "sweep.json").read_text())
+    del record["space"]["cover_others"]
+    (folder / "sweep.json").write_text(json.dumps(record))
     again = plan_sweep(plan.trial_path, plan.space_path, resume=True, **kwargs)
     result = run_sweep(again, live=False)
     study = optuna.load_study(study_name="t", storage=open_storage(folder))

@@ -225,11 +225,23 @@ def _check_resume(plan: SweepPlan) -> None:
     except (OSError, ValueError) as err:
         raise ConfigError(f"--resume: {record} is unreadable ({err})") from None
     for key, value in plan.record().items():
-        if started.get(key) != value:
+        if _as_now(key, started.get(key)) != value:
             what = {"trial": str(plan.trial_path), "space": str(plan.space_path),
                     "work_dir": f"--work-dir {plan.folder}"}.get(key, f"--{key}")
             raise ConfigError(f"--resume: {what} differs from what sweep {plan.name} started "
                               f"with ({key}, kept in {record}); resume with the same input")
+
+
+def _as_now(key: str, value: Any) -> Any:
+    """A recorded trial config or search space as this version writes it: a key added since
+    the sweep started takes its default, so upgrading layertune does not block ``--resume``."""
+    model = {"trial": TrialConfig, "space": SearchSpace}.get(key)
+    if model is None or not isinstance(value, dict):
+        return value
+    try:
+        return model.model_validate(value).model_dump(mode="json")
+    except ValueError:
+        return value
 
 
 def chance_accuracy(plan: SweepPlan) -> float:
