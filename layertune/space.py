@@ -277,8 +277,7 @@ def covering_points(space: SearchSpace, samples: int | None = None,
     "Covering the depths").
     """
     covered = covered_values(space, samples)
-    fixed = trial_values(space, trial) if trial is not None and space.cover_others == "trial" \
-        else {}
+    fixed = trial_values(space, trial) if trial is not None else {}
     points = [dict(zip(covered, combo, strict=True)) | fixed
               for combo in itertools.product(*(spread(v) for v in covered.values()))
               ] if covered else []
@@ -287,7 +286,10 @@ def covering_points(space: SearchSpace, samples: int | None = None,
 
 def trial_values(space: SearchSpace, trial: TrialConfig) -> dict[str, Any]:
     """The trial config's value of each searched, not covered, parameter that the space
-    could propose itself (inside a number's range and on its step; one of the choices)."""
+    could propose itself (inside a number's range and on its step; one of the choices): what
+    the covering trials take, none with ``cover_others: sampler``."""
+    if space.cover_others == "sampler":
+        return {}
     config = trial.model_dump()
     values = {}
     for key, p in space.parameters.items():

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from ..contract import REPEAT_OF
 from ..search import check_study, close_running, open_storage
-from ..space import covered_values, covering_points
+from ..space import covered_values, covering_points, trial_values
 from .cluster import ray_for, resources_text
 from .plan import RECORD, SweepPlan
 from .result import SweepResult, collect, write_front
@@ -98,8 +98,7 @@ def covering_text(plan: SweepPlan) -> str:
         return ""
     keys = ", ".join(every[0])
     covered = covering_points(plan.space, plan.options.samples)
-    fixed = covering_points(plan.space, 1, plan.trial)[0]
-    others = ", ".join(f"{k} {v}" for k, v in fixed.items() if k not in every[0])
+    others = ", ".join(f"{k} {v}" for k, v in trial_values(plan.space, plan.trial).items())
     at = f" at the trial config's {others}" if others else ""
     if len(covered) == len(every):
         return f"; the first {len(covered)} trials cover every value of {keys}{at}"
