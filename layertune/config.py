@@ -164,6 +164,12 @@ class MethodConfig(_Strict):
         "times as long) and refreshes of its rent: fewer small kernels per step "
         "(docs/algorithm.md, departure 10)",
     )
+    gate_every: int = Field(
+        8, ge=1, description="minibatches per gate draw: one draw of z is held for gate_every "
+        "minibatches and the gate gradient of the first one makes a gate step gate_every "
+        "times as long: fewer small kernels per step (docs/algorithm.md, departure 11); 1: a "
+        "draw and a gate step on each minibatch",
+    )
     decide_at: int = Field(
         0, ge=0, description="epoch after which the structure is decided once by the loss "
         "budget and the gates are fixed, the rest of training trains the compact network "

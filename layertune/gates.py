@@ -84,6 +84,10 @@ class GateController:
     ``prior_every`` steps, as one step of ``prior_every`` times the step size; the rent between
     is the last one (docs/algorithm.md, departure 10).
 
+    A draw may be held for ``gate_every`` minibatches (``Pruner``); each gate step then stands
+    for that many: its step size and the pruning rule's streak count ``gate_every`` each
+    (docs/algorithm.md, departure 11).
+
     ``fix(z)`` ends all of this (docs/algorithm.md, "Early decision"): theta takes the decided
     vertices, the sections at 0 are removed at once, and from then on the gates are ``fixed``:
     no draws, no gate steps, only the prior's step on the kept weights (``shrink_weights``).
@@ -102,6 +106,7 @@ class GateController:
         generator: torch.Generator | None = None,
         dz_from_weights: bool = False,
         prior_every: int = 1,
+        gate_every: int = 1,
     ) -> None:
         if estimator not in ("first_order", "exact"):
             raise ValueError(f"estimator must be first_order or exact, not {estimator!r}")
@@ -116,6 +121,7 @@ class GateController:
         self.dz_from_weights = dz_from_weights and estimator == "first_order"
         self.prior_every = prior_every
         self._prior_calls = 0  # shrink_weights calls: one in prior_every is a prior step
+        self.gate_every = gate_every  # minibatches each gate step stands for
         self._rent: Tensor | None = None  # the rent at the last prior step
         num = len(self.sections)
         self.theta = torch.full((num,), float(theta_init), dtype=torch.float64)
@@ -288,8 +294,8 @@ class GateController:
         self.prior.shrink_(q, to_device(self.theta, self.device), lr * self.prior_every)
 
     def step(self, grad: GateGradient, schedule: float = 1.0) -> None:
-        """Projected SGD on ``theta`` with step ``theta_lr * schedule`` (``schedule`` follows the
-        weights' learning-rate schedule); ``grad`` on the host."""
+        """Projected SGD on ``theta`` with step ``theta_lr * schedule * gate_every``
+        (``schedule`` follows the weights' learning-rate schedule); ``grad`` on the host."""
         self.steps += 1
         g = grad.total()
         # Averaging the noisy gradient keeps a gate whose mean gradient says "keep" at exactly 1
@@ -298,16 +304,17 @@ class GateController:
         if self.steps > 1 and b:
             g = b * self.grad_avg.numpy() + (1 - b) * g
         self.grad_avg = torch.from_numpy(g)
-        theta = np.clip(self.theta.numpy() - (self.theta_lr * schedule) * g, 0.0, 1.0)
+        eta = self.theta_lr * schedule * self.gate_every
+        theta = np.clip(self.theta.numpy() - eta * g, 0.0, 1.0)
         theta[~self._alive_mask] = 0.0
         self.theta = torch.from_numpy(theta)
 
     def prune(self, grad: GateGradient) -> list[nn.Parameter]:
         """The pruning rule: ``theta`` at exactly 0 and the spike already preferred
-        (``R_1 > R_0``) for ``patience`` consecutive steps removes the section. Returns the
-        removed parameters. ``grad`` on the host."""
+        (``R_1 > R_0``) for ``patience`` consecutive minibatches removes the section. Returns
+        the removed parameters. ``grad`` on the host."""
         holding = self._alive_mask & (self.theta.numpy() == 0.0) & (grad.rent.numpy() > 0.0)
-        streak = np.where(holding, self.streak.numpy() + 1, 0)
+        streak = np.where(holding, self.streak.numpy() + self.gate_every, 0)
         removed: list[nn.Parameter] = []
         for i in np.flatnonzero(streak >= self.patience).tolist():
             removed += self.sections[i].prune()

@@ -84,31 +84,43 @@ class Pruner:
             generator=generator or torch.Generator().manual_seed(0),
             dz_from_weights=dz_from_weights,
             prior_every=m.prior_every,
+            gate_every=m.gate_every,
         )
         self.reduce = reduce  # the data gradient's mean over processes: one gate step for all
         self._base_lr = optimizer.param_groups[0]["lr"]
         self._draw: GateDraw | None = None
+        self._held: list[float] | None = None  # the draw held for gate_every minibatches
+        self._held_for = 0
+        self._holding = False  # this minibatch reuses the held draw: no gate gradient
         self._data_grad: Tensor | None = None
         self._in_flight = Handoff()  # the last step's gate gradient, on its way to the host
 
     # --- one step -----------------------------------------------------------------------------
 
     def draw(self) -> list[float]:
-        """Set this minibatch's gates on the network; once the gates are fixed, every
-        remaining section on. Returns ``z``."""
+        """Set this minibatch's gates on the network: a new draw every ``gate_every``
+        minibatches, the held one between; once the gates are fixed, every remaining section
+        on. Returns ``z``."""
+        self._holding = False
         if self.gates.fixed:
             self._draw = None
             z = self.gates.remaining()
             self.model.set_gates(z)
             return z
+        if self._held is not None and self._held_for < self.gates.gate_every:
+            self._holding, self._draw = True, None
+            self._held_for += 1
+            self.model.set_gates(self._held)  # an evaluation may have set others
+            return self._held
         self._draw = self.gates.sample()
+        self._held, self._held_for = self._draw.z, 1
         return self._draw.z
 
     def after_backward(self, loss: Tensor, x: Tensor | None = None,
                        y: Tensor | None = None) -> None:
         """Read the gates' data gradient (before the weights move). ``x, y`` only for the
         ``exact`` estimator, which re-runs the network with cross-entropy."""
-        if self.gates.fixed:
+        if self.gates.fixed or self._holding:
             return
         if self._draw is None:
             raise RuntimeError("Pruner.after_backward without a draw: call pruner.draw() "
@@ -125,6 +137,9 @@ class Pruner:
         if gates.fixed:  # only the prior's slab acts on the kept weights
             gates.shrink_weights(effective_step(opt))
             return []
+        if self._holding:  # no gate gradient of its own: the last one arrives
+            gates.shrink_weights(effective_step(opt))
+            return self._gate_step(self._in_flight.swap(None))
         if self._data_grad is None:
             raise RuntimeError("Pruner.update before after_backward: call pruner.step(loss) "
                                "or after_backward(loss) before the optimiser's step")
@@ -134,8 +149,9 @@ class Pruner:
         return self._gate_step(self._in_flight.swap(grad.packed(), self.schedule_factor()))
 
     def settle(self) -> list[nn.Parameter]:
-        """Apply the gate gradient still in flight (waits for the device). Returns the
-        parameters removed."""
+        """Apply the gate gradient still in flight (waits for the device) and end the held
+        draw (the next minibatch draws afresh). Returns the parameters removed."""
+        self._held = None
         return self._gate_step(self._in_flight.swap(None))
 
     def _gate_step(self, arrived: tuple[Tensor, float] | None) -> list[nn.Parameter]:
@@ -147,6 +163,7 @@ class Pruner:
         removed = self.gates.prune(grad)
         if removed:
             drop_parameters(self.optimizer, removed)
+            self._held = None  # it may hold a removed section on
         return removed
 
     def step(self, loss: Tensor, x: Tensor | None = None,

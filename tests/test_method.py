@@ -15,7 +15,7 @@ from test_models import CASES, _batch, _build
 
 from layertune.config import MLPConfig, load_trial
 from layertune.export import compact
-from layertune.gates import GateController
+from layertune.gates import GateController, GateGradient
 from layertune.models import build_model
 from layertune.prior import PriorSettings, decay_coefficient, energies
 from layertune.sections import GatedNetwork
@@ -244,6 +244,26 @@ def test_the_prior_every_k_steps_is_one_step_k_times_as_long() -> None:
         before = [t.detach().clone() for t in tensors]
         assert torch.equal(rents[-1], rents[call - call % k])  # unchanged between
         assert not torch.allclose(rents[-1], fresh)  # the Q before the step, not after
+
+
+def test_a_gate_step_for_k_minibatches_is_k_steps_long_and_counts_k_to_patience() -> None:
+    """With ``gate_every = k`` one gate step moves theta as far as k steps of the same gradient
+    would (before the clip), and the pruning streak counts the k minibatches it stands for."""
+    k = 4
+    held = GateController(_build("mlp"), SETTINGS, theta_lr=0.01, theta_init=0.5,
+                          gate_every=k, patience=2 * k)
+    each = GateController(_build("mlp"), SETTINGS, theta_lr=0.01, theta_init=0.5)
+    n = len(held.sections)
+    grad = GateGradient(data=torch.full((n,), 2.0), rent=torch.zeros(n))
+    held.step(grad)
+    for _ in range(k):
+        each.step(grad)
+    assert torch.allclose(held.theta, each.theta)
+    assert (held.theta < 0.5).all()  # it moved: the comparison says something
+    held.theta[0] = 0.0
+    spike = dataclasses.replace(grad, rent=torch.ones_like(grad.rent))  # R_1 > R_0
+    assert held.prune(spike) == []  # k of the 2k minibatches
+    assert held.prune(spike) != [] and held.sections[0].pruned
 
 
 def test_section_held_at_zero_shrinks_while_the_network_trains() -> None:

@@ -69,8 +69,10 @@ def test_a_pruned_block_leaves_the_users_optimizer_and_training_goes_on():
     x, y = _task()
     gated = gate(net, x[:16])
     opt = torch.optim.SGD(gated.parameters(), lr=0.05, momentum=0.9)  # no schedule
-    # prior_every 1: the rent reads the shrunken weights at the very next step
-    pruner = Pruner(gated, opt, num_train=len(y), prune_patience=2, prior_every=1)
+    # prior_every 1: the rent reads the shrunken weights at the very next step; gate_every 1:
+    # a gate step on each
+    pruner = Pruner(gated, opt, num_train=len(y), prune_patience=2, prior_every=1,
+                    gate_every=1)
     _user_step(gated, opt, pruner, x[:32], y[:32])  # momentum state for every parameter
     doomed = list(net[1].body.parameters())
     with torch.no_grad():  # tiny weights: the spike is preferred (R_1 > R_0)
@@ -97,6 +99,34 @@ def test_a_pruned_block_leaves_the_users_optimizer_and_training_goes_on():
     before = [p.detach().clone() for p in net[2].parameters()]
     _user_step(gated, opt, pruner, x[:32], y[:32])
     assert any(not torch.equal(a, b) for a, b in zip(before, net[2].parameters(), strict=True))
+
+
+def test_a_draw_is_held_for_gate_every_minibatches_with_one_gate_step_each():
+    net = _net()
+    x, y = _task()
+    gated = gate(net, x[:16])
+    opt = torch.optim.SGD(gated.parameters(), lr=0.05)
+    pruner = Pruner(gated, opt, num_train=len(y), theta_init=0.5, theta_lr=0.5, gate_every=3)
+    seen = []
+    for i in range(7):
+        seen.append(pruner.draw())
+        assert [s.z for s in gated.sections] == seen[-1]  # on the network
+        loss = F.cross_entropy(gated(x[i * 32:][:32]), y[i * 32:][:32])
+        opt.zero_grad()
+        loss.backward()
+        pruner.step(loss)
+    assert seen[0] == seen[1] == seen[2] and seen[3] == seen[4] == seen[5]
+    # one draw per block of 3 from the gates' generator, and a gate step for each block
+    # (the last one's still on its way to the host)
+    replay = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        torch.bernoulli(torch.full((2,), 0.5, dtype=torch.float64), generator=replay)
+    assert torch.equal(pruner.gates.generator.get_state(), replay.get_state())
+    assert pruner.gates.steps == 2 and pruner.theta != [0.5, 0.5]
+    # the end of an epoch (settle) ends the held draw: the next minibatch draws afresh
+    before = pruner.gates.generator.get_state()
+    pruner.draw()
+    assert not torch.equal(pruner.gates.generator.get_state(), before)
 
 
 def test_early_decision_from_the_user_api_removes_a_block_that_does_nothing():

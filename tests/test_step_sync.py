@@ -39,9 +39,18 @@ def _count_syncs(monkeypatch: pytest.MonkeyPatch, calls: Counter) -> None:
         monkeypatch.setattr(torch.Tensor, name, counting)
 
 
-@pytest.mark.parametrize("decided", [False, True], ids=["learning", "fixed"])
-def test_trial_step_makes_no_synchronising_call_but_the_named_one(monkeypatch, decided) -> None:
-    config = load_trial("trials/digits_mlp.yaml", {"epochs": 2})
+# (gates, gate_every): draws and gate steps in the 20 counted steps, after one warm-up step
+# that draws. gate_every 8: draws at counted steps 8 and 16; gate steps for the warm-up's and
+# those two (each applied one step later).
+CASES = {"learning": (False, 1, 20, 20), "learning, gate_every 8": (False, 8, 2, 3),
+         "fixed": (True, 8, 0, 0)}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_trial_step_makes_no_synchronising_call_but_the_named_one(monkeypatch, case) -> None:
+    decided, gate_every, draws, gate_steps = CASES[case]
+    config = load_trial("trials/digits_mlp.yaml",
+                        {"epochs": 2, "method.gate_every": gate_every})
     trial = Trial(config)
     batches = [b for _, b in zip(range(20), trial.data.train, strict=False)] * 2
     trial.step(*batches[0])  # warm-up outside the count
@@ -54,9 +63,9 @@ def test_trial_step_makes_no_synchronising_call_but_the_named_one(monkeypatch, d
         trial.step(x, y)
     monkeypatch.undo()
     assert set(calls) <= ALLOWED, dict(calls)
-    assert calls[("tolist", "GateController.set_draw")] == (0 if decided else 20)
+    assert calls[("tolist", "GateController.set_draw")] == draws
     # the gate steps did happen (one behind): the gate state moved
-    assert trial.gates.steps - steps == (0 if decided else 20)
+    assert trial.gates.steps - steps == gate_steps
 
 
 def test_the_handoff_returns_what_was_sent_one_swap_earlier() -> None:
