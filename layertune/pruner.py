@@ -9,6 +9,8 @@
         pruner.step(loss, x, y)           # optimizer.step() + gate step, prior, pruning
     pruner.decide(batches)                # optional, once: the early structure decision
 
+While the gates learn, ``draw`` draws ``z`` on one minibatch in ``gate_every`` (default 8) and
+holds it for the others, which read no gate gradient (docs/algorithm.md, departure 11).
 ``step`` is ``after_backward`` (the gates' data gradient, read before the weights move),
 ``optimizer.step()`` and ``update`` (the prior's step on the weights, projected SGD on theta,
 the pruning rule; removed sections' parameters leave the optimiser); a loop that steps the
@@ -149,10 +151,13 @@ class Pruner:
         return self._gate_step(self._in_flight.swap(grad.packed(), self.schedule_factor()))
 
     def settle(self) -> list[nn.Parameter]:
-        """Apply the gate gradient still in flight (waits for the device) and end the held
-        draw (the next minibatch draws afresh). Returns the parameters removed."""
-        self._held = None
+        """Apply the gate gradient still in flight (waits for the device). Returns the
+        parameters removed."""
         return self._gate_step(self._in_flight.swap(None))
+
+    def end_draw(self) -> None:
+        """End the held draw: the next minibatch draws afresh (``Trial``: at an epoch's end)."""
+        self._held = None
 
     def _gate_step(self, arrived: tuple[Tensor, float] | None) -> list[nn.Parameter]:
         if arrived is None:

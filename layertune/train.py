@@ -179,6 +179,7 @@ class Trial:
             progress.close()
         if self.mode == "learned":  # the last step's gate gradient: the epoch ends with it
             self._note_removed(self.pruner.settle())
+            self.pruner.end_draw()  # and its checkpoint with no half-used draw
         mean_loss = float(total) / max(len(self.data.train), 1)  # syncs the device
         if not math.isfinite(mean_loss):
             raise TrialDiverged(

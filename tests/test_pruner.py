@@ -123,8 +123,11 @@ def test_a_draw_is_held_for_gate_every_minibatches_with_one_gate_step_each():
         torch.bernoulli(torch.full((2,), 0.5, dtype=torch.float64), generator=replay)
     assert torch.equal(pruner.gates.generator.get_state(), replay.get_state())
     assert pruner.gates.steps == 2 and pruner.theta != [0.5, 0.5]
-    # the end of an epoch (settle) ends the held draw: the next minibatch draws afresh
+    # reading theta (settle) keeps the held draw; end_draw (a trial's epoch end) ends it
     before = pruner.gates.generator.get_state()
+    assert pruner.draw() == seen[6]
+    assert torch.equal(pruner.gates.generator.get_state(), before)
+    pruner.end_draw()
     pruner.draw()
     assert not torch.equal(pruner.gates.generator.get_state(), before)
 
