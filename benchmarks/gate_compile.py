@@ -1,7 +1,7 @@
 """Does ``torch.compile`` make the gates' data gradient cheaper? (issue 13, item 2)
 
 While the gates learn, every step reads dL/dz from the weights' gradients (Euler's theorem,
-``GateController._dz_from_weights``): a product and a sum per homogeneous tensor, each a small
+``gates.euler_dz``): a product and a sum per homogeneous tensor, each a small
 kernel. This times that call eagerly and compiled (inductor, ``dynamic=False``) on the
 gradients of a few real steps, and reports the compile time.
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from layertune.config import load_trial
+from layertune.gates import euler_dz
 from layertune.train import Trial
 
 try:
@@ -32,13 +33,6 @@ CASES = {"mlp-12 / MNIST": "trials/mnist_mlp.yaml",
          "cnn1d-8 / MNIST-1D": "trials/mnist1d_cnn.yaml"}
 
 
-def data_gradient(params: list[torch.Tensor], grads: list[torch.Tensor],
-                  owner_map: torch.Tensor) -> torch.Tensor:
-    """The body of ``GateController._dz_from_weights``, as a function of its tensors."""
-    products = torch._foreach_mul(params, grads)
-    return torch.stack([t.sum() for t in products]) @ owner_map
-
-
 def measure(name: str, trial_file: str, device: str, calls: int) -> dict:
     trial = Trial(load_trial(trial_file, {"device": device}))
     batches = iter(trial.data.train)
@@ -47,13 +41,13 @@ def measure(name: str, trial_file: str, device: str, calls: int) -> dict:
         trial.step(x.to(trial.device), y.to(trial.device))
     params, owner_map = trial.gates._euler
     args = ([p.detach() for p in params], [p.grad for p in params], owner_map)
-    compiled = torch.compile(data_gradient, dynamic=False)
+    compiled = torch.compile(euler_dz, dynamic=False)
     start = time.perf_counter()
-    same = torch.allclose(compiled(*args), data_gradient(*args), rtol=1e-4, atol=1e-6)
+    same = torch.allclose(compiled(*args), euler_dz(*args), rtol=1e-4, atol=1e-6)
     compile_s = time.perf_counter() - start
     pairs = [(None, None)] * calls  # overhead.py's timer calls fn(x, y) per pair
     compiled_s, eager_s, ratio, _ = _paired(lambda x, y: compiled(*args),
-                                            lambda x, y: data_gradient(*args),
+                                            lambda x, y: euler_dz(*args),
                                             pairs, trial.device, repeats=5)
     row = {"case": name, "device": str(trial.device), "tensors": len(params),
            "eager_us": 1e6 * eager_s, "compiled_us": 1e6 * compiled_s,

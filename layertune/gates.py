@@ -60,6 +60,13 @@ class GateGradient:
         return np.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def euler_dz(params: list[Tensor], grads: list[Tensor], owner_map: Tensor) -> Tensor:
+    """``sum_p <p, dL/dp>`` per section: ``owner_map`` (parameters x sections) sums each
+    parameter's inner product into its section."""
+    products = torch._foreach_mul(params, grads)
+    return torch.stack([t.sum() for t in products]) @ owner_map
+
+
 class GateController:
     """Owns ``theta`` of a ``GatedNetwork`` and turns each training step into a gate step.
 
@@ -228,9 +235,7 @@ class GateController:
         params, owner_map = self._euler
         if not params:
             return torch.zeros(len(self.sections), device=self.device)
-        grads = [p if p.grad is None else p.grad for p in params]
-        products = torch._foreach_mul(params, grads)
-        return torch.stack([t.sum() for t in products]) @ owner_map
+        return euler_dz(params, [p if p.grad is None else p.grad for p in params], owner_map)
 
     @torch.no_grad()
     def _exact_difference(self, z: list[float], loss: Tensor, x: Tensor, y: Tensor) -> Tensor:

@@ -222,18 +222,17 @@ def build_model(config: ModelConfig, in_shape: tuple[int, ...], num_classes: int
     spec = config.model_dump(mode="json") | {"in_shape": list(in_shape), "num_classes": num_classes}
     net = GatedNetwork(builder(config, in_shape, num_classes), spec)
     he_init(net)
-    if config.name == "lenet5":
-        _halve_variance_of_branches(net)
+    _halve_variance_of_branches(net)
     return net
 
 
 @torch.no_grad()
 def _halve_variance_of_branches(net: GatedNetwork) -> None:
-    """Sections whose skip is a bare projection and whose body has no normalisation (LeNet-5):
-    the He-initialised sum of the two triples the variance of each section's input, so that
-    the recipe's logits start at a standard deviation of 11 and SGD diverges in the first
-    epoch. Each branch at half its input's variance (body kernels He / sqrt 2, the projection
-    LeCun / sqrt 2) keeps the scale through the network."""
+    """Sections whose skip is a bare projection (LeNet-5's; the other built-ins' projections
+    end in a normalisation): the He-initialised sum of projection and unnormalised body triples
+    the variance of each section's input, so that LeNet-5's logits started at a standard
+    deviation of 11 and SGD diverged in the first epoch. Each branch at half its input's
+    variance (body kernels He / sqrt 2, the projection LeCun / sqrt 2) keeps the scale."""
     for s in net.sections:
         if isinstance(s.skip, (nn.Conv2d, nn.Linear)) and s.body is not None:
             s.skip.weight.mul_(0.5)
