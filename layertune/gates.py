@@ -5,16 +5,17 @@ docs/algorithm.md, "Gate gradient and update" and "Pruning rule". ``theta`` live
 rent and its step on the weights are computed on the weights' device. Nothing in a step waits
 for the device: ``z / theta`` and ``theta`` go there without waiting, and the gradient comes
 back through ``transfer.Handoff``, read one step later (the one-step lag of the gate step).
-The host arithmetic of the gate step is numpy on views of the state tensors (a dozen numbers:
-numpy's per-call cost is a fraction of torch's).
+The host arithmetic of the gate step and the pruning rule is plain Python on floats: a dozen
+numbers, where each numpy call cost 10-60 us inside the training loop (its code is cold there
+after the step's kernels), two to five times the same call timed alone.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,11 +54,12 @@ class GateGradient:
     def unpacked(cls, host: Tensor) -> GateGradient:
         return cls(host[0], host[1])
 
-    def total(self) -> np.ndarray:
+    def total(self) -> list[float]:
+        """Data part plus rent per section, in float64 (on the host)."""
         # A diverged loss gives NaN here: keep theta a probability; the epoch's loss check
         # then stops the trial with a clear error.
-        grad = self.data.numpy().astype(np.float64) + self.rent.numpy()
-        return np.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        pairs = zip(self.data.numpy().tolist(), self.rent.numpy().tolist(), strict=True)
+        return [d + r if math.isfinite(d + r) else 0.0 for d, r in pairs]
 
 
 def euler_dz(params: list[Tensor], grads: list[Tensor], owner_map: Tensor) -> Tensor:
@@ -132,8 +134,8 @@ class GateController:
         self._rent: Tensor | None = None  # the rent at the last prior step
         num = len(self.sections)
         self.theta = torch.full((num,), float(theta_init), dtype=torch.float64)
-        self.streak = torch.zeros(num, dtype=torch.long)
-        self.grad_avg = torch.zeros(num, dtype=torch.float64)
+        self._streak = [0] * num  # minibatches each gate has met the pruning condition
+        self._grad_avg = [0.0] * num
         self.pruned_at_step: dict[int, int] = {}
         self.steps = 0
         self.fixed = False
@@ -141,7 +143,7 @@ class GateController:
         # first-order estimator: ones whose gradient is dL/dz (sections.set_gates)
         self._probe = torch.ones(num, device=self.device, requires_grad=True)
         self._refresh_alive()
-        self.theta[~torch.from_numpy(self._alive_mask)] = 0.0
+        self.theta[~torch.tensor(self._alive)] = 0.0
 
     # --- state ----------------------------------------------------------------------------
 
@@ -160,9 +162,17 @@ class GateController:
     def alive(self) -> list[int]:
         return [i for i, s in enumerate(self.sections) if not s.pruned]
 
+    @property
+    def streak(self) -> Tensor:
+        return torch.tensor(self._streak, dtype=torch.long)
+
+    @property
+    def grad_avg(self) -> Tensor:
+        return torch.tensor(self._grad_avg, dtype=torch.float64)
+
     def remaining(self) -> list[float]:
         """Every section still in the network on, the removed ones off."""
-        return [0.0 if s.pruned else 1.0 for s in self.sections]
+        return [1.0 if alive else 0.0 for alive in self._alive]  # no module lookups
 
     def deterministic(self) -> list[float]:
         """``round(theta)``: the gates used for evaluation and export."""
@@ -186,9 +196,8 @@ class GateController:
     def load_state_dict(self, state: dict) -> None:
         # host state, whatever map_location the checkpoint was loaded with
         self.theta = state["theta"].to("cpu", torch.float64, copy=True)
-        self.streak = state["streak"].to("cpu", copy=True)
-        self.grad_avg = state.get("grad_avg", torch.zeros_like(self.theta)).to(
-            "cpu", torch.float64, copy=True)
+        self._streak = [int(s) for s in state["streak"].tolist()]
+        self._grad_avg = state.get("grad_avg", torch.zeros_like(self.theta)).double().tolist()
         self.pruned_at_step = {int(k): int(v) for k, v in state["pruned_at_step"].items()}
         self.steps = int(state["steps"])
         self.fixed = bool(state.get("fixed", False))
@@ -307,25 +316,28 @@ class GateController:
         # (plain SGD lets single minibatches nudge it off 1 until the last step).
         b = self.averaging
         if self.steps > 1 and b:
-            g = b * self.grad_avg.numpy() + (1 - b) * g
-        self.grad_avg = torch.from_numpy(g)
+            g = [b * a + (1 - b) * gi for a, gi in zip(self._grad_avg, g, strict=True)]
+        self._grad_avg = g
         eta = self.theta_lr * schedule * self.gate_every
-        theta = np.clip(self.theta.numpy() - eta * g, 0.0, 1.0)
-        theta[~self._alive_mask] = 0.0
-        self.theta = torch.from_numpy(theta)
+        theta = [min(max(t - eta * gi, 0.0), 1.0) if alive else 0.0
+                 for t, gi, alive in zip(self.theta.numpy().tolist(), g, self._alive,
+                                         strict=True)]
+        self.theta = torch.tensor(theta, dtype=torch.float64)
 
     def prune(self, grad: GateGradient) -> list[nn.Parameter]:
         """The pruning rule: ``theta`` at exactly 0 and the spike already preferred
         (``R_1 > R_0``) for ``patience`` consecutive minibatches removes the section. Returns
         the removed parameters. ``grad`` on the host."""
-        holding = self._alive_mask & (self.theta.numpy() == 0.0) & (grad.rent.numpy() > 0.0)
-        streak = np.where(holding, self.streak.numpy() + self.gate_every, 0)
+        state = zip(self._streak, self._alive, self.theta.numpy().tolist(),
+                    grad.rent.numpy().tolist(), strict=True)
+        self._streak = [s + self.gate_every if alive and t == 0.0 and r > 0.0 else 0
+                        for s, alive, t, r in state]
         removed: list[nn.Parameter] = []
-        for i in np.flatnonzero(streak >= self.patience).tolist():
-            removed += self.sections[i].prune()
-            self.pruned_at_step[i] = self.steps
-            streak[i] = 0
-        self.streak = torch.from_numpy(streak)
+        for i, s in enumerate(self._streak):
+            if s >= self.patience:
+                removed += self.sections[i].prune()
+                self.pruned_at_step[i] = self.steps
+                self._streak[i] = 0
         if removed:
             self._removed()
         return removed
@@ -350,7 +362,7 @@ class GateController:
         self._refresh_alive()
 
     def _refresh_alive(self) -> None:
-        self._alive_mask = np.array([not s.pruned for s in self.sections])
+        self._alive = [not s.pruned for s in self.sections]
         self._euler = self._homogeneous() if self.dz_from_weights else None
 
     def _homogeneous(self) -> tuple[list[nn.Parameter], Tensor] | None:
