@@ -190,7 +190,7 @@ class MethodConfig(_Strict):
     rewarm_epochs: int = Field(
         0, ge=0, description="after the early decision the learning rate ramps from 0 back to "
         "the schedule's over this many epochs: the compact network re-learns with small steps "
-        "first (docs/algorithm.md, departure 12); 0: no ramp",
+        "first (docs/algorithm.md, departure 12); 0: no ramp; none without decide_at",
     )
     recalibrate_bn: bool = Field(
         False, description="before each evaluation, recompute BatchNorm running statistics "
@@ -237,9 +237,6 @@ class TrialConfig(_Strict):
         if self.method.decide_at >= self.epochs:
             raise ValueError(f"method.decide_at ({self.method.decide_at}) must be below epochs "
                              f"({self.epochs}); 0 lets the gates learn until the end")
-        if self.method.rewarm_epochs and not self.method.decide_at:
-            raise ValueError("method.rewarm_epochs ramps the learning rate after the early "
-                             "decision: it needs method.decide_at (an epoch, at least 1)")
         return self
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> TrialConfig:

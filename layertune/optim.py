@@ -27,13 +27,13 @@ def make_schedule(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step learning-rate factor: linear warm-up, then constant, cosine or step decay;
     with ``method.rewarm_epochs``, times a linear ramp from 0 over that many epochs after the
-    early decision (a trial whose gates learn)."""
+    early decision (a trial whose gates learn and are decided)."""
     o, m = config.optimizer, config.method
     total = config.epochs * steps_per_epoch
     warm = o.warmup_epochs * steps_per_epoch
     milestones = [e * steps_per_epoch for e in o.step_epochs]
     decided = m.decide_at * steps_per_epoch  # the first step after the decision
-    rewarm = m.rewarm_epochs * steps_per_epoch if m.gates == "learned" else 0
+    rewarm = m.rewarm_epochs * steps_per_epoch if m.gates == "learned" and m.decide_at else 0
 
     def schedule(step: int) -> float:
         if step < warm:

@@ -149,16 +149,7 @@ def test_after_the_decision_the_learning_rate_ramps_from_zero_over_rewarm_epochs
     assert ramped[30:] == [1.0] * 30
     assert factors() == [1.0] * 60
     assert factors(**{"method.rewarm_epochs": 1, "method.gates": "fixed"}) == [1.0] * 60
-
-
-def test_a_ramp_without_a_decision_is_one_clear_line() -> None:
-    from layertune.config import ConfigError
-
-    with pytest.raises(ConfigError) as err:
-        load_trial("trials/digits_mlp.yaml", {"method.rewarm_epochs": 1})
-    message = str(err.value)
-    assert "\n" not in message and "method.rewarm_epochs" in message
-    assert "needs method.decide_at" in message
+    assert factors(**{"method.rewarm_epochs": 1, "method.decide_at": 0}) == [1.0] * 60
 
 
 def test_a_depth_target_keeps_the_sections_whose_removal_costs_most() -> None:
