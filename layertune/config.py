@@ -187,11 +187,6 @@ class MethodConfig(_Strict):
     decide_batches: int = Field(
         10, ge=1, description="training minibatches the early decision measures the loss on",
     )
-    rewarm_epochs: int = Field(
-        0, ge=0, description="after the early decision the learning rate ramps from 0 back to "
-        "the schedule's over this many epochs: the compact network re-learns with small steps "
-        "first (docs/algorithm.md, departure 12); 0: no ramp; none without decide_at",
-    )
     recalibrate_bn: bool = Field(
         False, description="before each evaluation, recompute BatchNorm running statistics "
         "from recalibrate_batches training minibatches of the network evaluated",

@@ -25,29 +25,20 @@ def make_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimiz
 def make_schedule(
     optimizer: torch.optim.Optimizer, config: TrialConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step learning-rate factor: linear warm-up, then constant, cosine or step decay;
-    with ``method.rewarm_epochs``, times a linear ramp from 0 over that many epochs after the
-    early decision (a trial whose gates learn and are decided)."""
-    o, m = config.optimizer, config.method
+    """Per-step learning-rate factor: linear warm-up, then constant, cosine or step decay."""
+    o = config.optimizer
     total = config.epochs * steps_per_epoch
     warm = o.warmup_epochs * steps_per_epoch
     milestones = [e * steps_per_epoch for e in o.step_epochs]
-    decided = m.decide_at * steps_per_epoch  # the first step after the decision
-    rewarm = m.rewarm_epochs * steps_per_epoch if m.gates == "learned" and m.decide_at else 0
 
-    def schedule(step: int) -> float:
+    def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         if o.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
         if o.schedule == "step":
-            return 0.1 ** sum(step >= edge for edge in milestones)
+            return 0.1 ** sum(step >= m for m in milestones)
         return 1.0
-
-    def factor(step: int) -> float:
-        if decided <= step < decided + rewarm:
-            return schedule(step) * (step - decided + 1) / rewarm
-        return schedule(step)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

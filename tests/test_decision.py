@@ -133,25 +133,6 @@ def test_a_decision_after_training_is_one_clear_line() -> None:
     assert message.startswith("trials/digits_mlp.yaml (with --set): method.decide_at")
 
 
-def test_after_the_decision_the_learning_rate_ramps_from_zero_over_rewarm_epochs() -> None:
-    from layertune.optim import make_schedule
-
-    def factors(**overrides) -> list[float]:
-        config = load_trial("trials/digits_mlp.yaml", {
-            "epochs": 6, "method.decide_at": 2, "optimizer.schedule": "constant", **overrides})
-        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-        return [f(step) for f in make_schedule(opt, config, 10).lr_lambdas
-                for step in range(60)]
-
-    ramped = factors(**{"method.rewarm_epochs": 1})
-    assert ramped[:20] == [1.0] * 20  # the two epochs before the decision
-    assert ramped[20:30] == pytest.approx([k / 10 for k in range(1, 11)])  # the epoch after it
-    assert ramped[30:] == [1.0] * 30
-    assert factors() == [1.0] * 60
-    assert factors(**{"method.rewarm_epochs": 1, "method.gates": "fixed"}) == [1.0] * 60
-    assert factors(**{"method.rewarm_epochs": 1, "method.decide_at": 0}) == [1.0] * 60
-
-
 def test_a_depth_target_keeps_the_sections_whose_removal_costs_most() -> None:
     assert most_useful(_loss_of, [1.0] * 4, 2) == [1.0, 0.0, 1.0, 0.0]
     assert most_useful(_loss_of, [1.0] * 4, 0) == [0.0] * 4
