@@ -58,8 +58,9 @@ class GateGradient:
         """Data part plus rent per section, in float64 (on the host)."""
         # A diverged loss gives NaN here: keep theta a probability; the epoch's loss check
         # then stops the trial with a clear error.
-        pairs = zip(self.data.numpy().tolist(), self.rent.numpy().tolist(), strict=True)
-        return [d + r if math.isfinite(d + r) else 0.0 for d, r in pairs]
+        totals = (d + r for d, r in zip(self.data.numpy().tolist(), self.rent.numpy().tolist(),
+                                        strict=True))
+        return [g if math.isfinite(g) else 0.0 for g in totals]
 
 
 def euler_dz(params: list[Tensor], grads: list[Tensor], owner_map: Tensor) -> Tensor:
@@ -160,7 +161,7 @@ class GateController:
 
     @property
     def alive(self) -> list[int]:
-        return [i for i, s in enumerate(self.sections) if not s.pruned]
+        return [i for i, alive in enumerate(self._alive) if alive]
 
     @property
     def streak(self) -> Tensor:
@@ -184,8 +185,8 @@ class GateController:
     def state_dict(self) -> dict:
         return {
             "theta": self.theta.clone(),
-            "streak": self.streak.clone(),
-            "grad_avg": self.grad_avg.clone(),
+            "streak": self.streak,  # new tensors, from the lists
+            "grad_avg": self.grad_avg,
             "pruned_at_step": dict(self.pruned_at_step),
             "steps": self.steps,
             "fixed": self.fixed,
