@@ -9,7 +9,7 @@ with ``--write``, the "early_decision" section of docs/results.md.
 
     .venv/bin/python benchmarks/early_decision.py --seeds 0 1 2 --variant-seeds 20 21
     .venv/bin/python benchmarks/early_decision.py --trial trials/mnist_resnet20.yaml \
-        --learned-only --variant-seeds          # goal 2 on ResNet-20: the shipped runs only
+        --learned-only          # goal 2 on ResNet-20: the shipped runs only
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from statistics import mean
 
 import torch
 
-from layertune.config import load_trial, parse_set
+from layertune.config import ConfigError, load_trial, parse_set
 from layertune.train import run_trial
 
 try:
@@ -100,7 +100,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--held-out", type=int, nargs="*", default=[],
                         help="reference seeds reported as a separate row")
-    parser.add_argument("--variant-seeds", type=int, nargs="*", default=[20, 21])
+    parser.add_argument("--variant-seeds", type=int, nargs="*", default=None,
+                        help="seeds of the wider and deeper cnn1d variants (default 20 21 "
+                        "for trials/mnist1d_cnn.yaml, none for other trial files)")
     parser.add_argument("--trial", default=TRIAL, help=f"trial config (default {TRIAL})")
     parser.add_argument("--learned-only", action="store_true",
                         help="only the shipped runs (no gates-fixed or from-scratch runs)")
@@ -116,8 +118,17 @@ def main() -> None:
     groups: list[tuple[str, list[int], dict, bool]] = [(name, args.seeds, common, from_scratch)]
     if args.held_out:
         groups.append((f"{name}, held out", args.held_out, common, from_scratch))
-    groups += [(name, args.variant_seeds, {**common, **o}, False)
-               for name, o in VARIANTS.items() if args.variant_seeds]
+    variant_seeds = args.variant_seeds
+    if variant_seeds is None:  # the variants change cnn1d's keys
+        variant_seeds = [20, 21] if args.trial == TRIAL else []
+    groups += [(name, variant_seeds, {**common, **o}, False)
+               for name, o in VARIANTS.items() if variant_seeds]
+    try:  # every run's config, checked before the first run
+        for _, seeds, overrides, _ in groups:
+            for seed in seeds:
+                load_trial(args.trial, {"seed": seed, **overrides, **fixed})
+    except ConfigError as err:
+        raise SystemExit(f"early_decision.py: {err}") from None
     lines = ["| run | seeds | sections kept | decided by epoch | max fall after epoch 3, "
              "pts (gates fixed) | val | gates-fixed val | kept depth from scratch val | "
              "worst / mean gap to fixed, pts | train FLOPs / fixed, mean / max |",
