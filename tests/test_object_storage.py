@@ -161,7 +161,11 @@ def test_a_sweep_in_a_bucket_moves_a_trial_off_a_lost_node(s3, cluster, tmp_path
     assert all(r[-1]["epoch"] == EPOCHS for r in rows.values())
     moved = rows[lost["trial"]]
     assert moved[-1]["node_id"] != worker.node_id  # finished on the node that was left
-    assert [r["epoch"] for r in moved].count(1) == 1  # from its checkpoint in the bucket
+    # from its checkpoint in the bucket: the surviving node's first epoch is past the first.
+    # (Not the count of epoch-1 rows in Ray's result.json: once in many runs Ray read that
+    # file back while the lost node's upload of it was still empty, and began a new one.)
+    after_move = [r["epoch"] for r in moved if r["node_id"] != worker.node_id]
+    assert after_move and after_move[0] > 1
     assert_one_checkpoint_per_trial(storage, set(rows))
     # Ray's files are only in the bucket; the driver's are in its folder and in the bucket
     assert not (work / "tune").exists()
