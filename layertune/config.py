@@ -192,6 +192,12 @@ class MethodConfig(_Strict):
         "from recalibrate_batches training minibatches of the network evaluated",
     )
     recalibrate_batches: int = Field(20, ge=1, description="minibatches of a recalibration")
+    ema_decay: float = Field(
+        0.0, ge=0.0, lt=1.0, description="evaluate and deliver an exponential moving average "
+        "of the weights with this decay per step, from the step the structure is fixed on "
+        "(the early decision, or the first step with gates fixed); smooths the compact "
+        "network's re-learning (docs/algorithm.md, 'Averaged weights'); 0: the trained weights",
+    )
     gates: Literal["learned", "fixed", "removed"] = Field(
         "learned", description="fixed: every gate at 1 (baseline); removed: no sections at all"
     )

@@ -149,7 +149,8 @@ class DistributedTrial(Trial):
     @torch.no_grad()
     def _average_buffers(self) -> None:
         """BatchNorm running statistics (each rank saw its own share) averaged over ranks."""
-        for b in self.model.buffers():
+        networks = [self.model] if self.average is None else [self.model, self.evaluated]
+        for b in (b for network in networks for b in network.buffers()):
             if b.is_floating_point():
                 b.copy_(mean_over_ranks(b))
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .averaging import WeightAverage
 from .batchnorm import recalibrate
 from .config import ConfigError, TrialConfig
 from .data import DataBundle
@@ -113,12 +114,15 @@ class Trial:
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
         )
+        self.average: WeightAverage | None = None  # the weights evaluated, once averaging
         present = self.gates.remaining()
         if (self.mode == "learned" and m.decide_at and self.gates.deterministic() == present
                 and nothing_to_rank(present, m.decide_sections)):
             # a depth target of none or all sections needs no training to decide: the trial
             # trains that network from its first step (docs/algorithm.md, "Early decision")
             self.decide_structure()
+        elif self.mode != "learned":  # the structure is fixed from the first step
+            self.start_average()
 
     # --- training ---------------------------------------------------------------------------
 
@@ -160,6 +164,8 @@ class Trial:
 
     def _end_step(self, z: list[float], loss: Tensor, batch: int) -> Tensor:
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update()
         self.train_flops += self.flops.training_step([zi == 1.0 for zi in z], batch)
         return loss.detach()
 
@@ -202,6 +208,18 @@ class Trial:
         self.pruner.decide_by(lambda z: self._batch_loss(batches(), z))
         for i in self.gates.pruned_at_step:
             self.pruned_at.setdefault(i, self.epoch)
+        self.start_average()
+
+    def start_average(self) -> None:
+        """Average the weights from now on (``method.ema_decay``); the structure is fixed."""
+        if self.config.method.ema_decay > 0.0:
+            self.average = WeightAverage(self.model, self.config.method.ema_decay)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The network evaluation reads and the trial delivers: the averaged weights once
+        they are averaged (``method.ema_decay``), else the trained network."""
+        return self.model if self.average is None else self.average.network
 
     @torch.no_grad()
     def _batch_loss(self, batches: list[tuple[Tensor, Tensor]], z: list[float]) -> float:
@@ -215,8 +233,8 @@ class Trial:
     def recalibrate_bn(self) -> None:
         """Running statistics of the network that is evaluated (``method.recalibrate_bn``).
         Not counted in ``train_flops``: training never reads them, only evaluation does."""
-        self.model.set_gates(self.gates.deterministic())
-        recalibrate(self.model, self._train_batches(self.config.method.recalibrate_batches))
+        self.evaluated.set_gates(self.gates.deterministic())
+        recalibrate(self.evaluated, self._train_batches(self.config.method.recalibrate_batches))
 
     def _train_batches(self, count: int) -> list[tuple[Tensor, Tensor]]:
         return [batch for _, batch in zip(range(count), self.data.train, strict=False)]
@@ -226,16 +244,17 @@ class Trial:
     @torch.no_grad()
     def evaluate(self, loader, gates: list[float] | None = None) -> tuple[float, float]:
         """(loss, accuracy) of the deterministic network, z = round(theta) unless ``gates``
-        are given, in eval mode."""
-        self.model.eval()
-        self.model.set_gates(self.gates.deterministic() if gates is None else gates)
+        are given, in eval mode, of the ``evaluated`` network."""
+        network = self.evaluated
+        network.eval()
+        network.set_gates(self.gates.deterministic() if gates is None else gates)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         count = 0
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast:
-                out = self.model(x)
+                out = network(x)
             loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
             count += y.numel()  # per target: a sample's class, or each position of a sequence
@@ -321,7 +340,7 @@ def run_trial(
             with tempfile.TemporaryDirectory(prefix="layertune-ckpt-") as folder:
                 save_state(trial, folder)
                 if last_checkpoint is not None and trial.epoch == config.epochs:
-                    last_checkpoint(trial.model, trial.keep(), folder)
+                    last_checkpoint(trial.evaluated, trial.keep(), folder)
                 report(metrics, folder)
         else:
             report(metrics, None)
@@ -336,6 +355,6 @@ def run_trial(
         decided=trial.decided,
         test=test,
         note=trial.data.note,
-        model=trial.model,
+        model=trial.evaluated,
         keep=trial.keep(),
     )

@@ -16,7 +16,8 @@ CHECKPOINT_FILE = "trial_state.pt"
 
 
 def save_state(trial: Trial, folder: str | Path) -> None:
-    """Weights, optimiser, schedule, gates and their random state, and the history so far."""
+    """Weights (and their average), optimiser, schedule, gates and their random state, and the
+    history so far."""
     state = {
         "epoch": trial.epoch,
         "pruned": [i for i, s in enumerate(trial.model.sections) if s.pruned],
@@ -29,6 +30,7 @@ def save_state(trial: Trial, folder: str | Path) -> None:
         "history": trial.history,
         "pruned_at": trial.pruned_at,
         "decided": trial.decided,
+        "average": None if trial.average is None else trial.average.state_dict(),
     }
     torch.save(state, Path(folder) / CHECKPOINT_FILE)
 
@@ -50,3 +52,6 @@ def load_state(trial: Trial, folder: str | Path) -> None:
     trial.history = state["history"]
     trial.pruned_at = {int(k): int(v) for k, v in state["pruned_at"].items()}
     trial.decided = {int(k): float(v) for k, v in state.get("decided", {}).items()}
+    if state.get("average") is not None:  # the structure was fixed when it was saved
+        trial.start_average()
+        trial.average.load_state_dict(state["average"])
