@@ -55,9 +55,9 @@ class DataError(ValueError):
 class TensorLoader:
     """Minibatches ``(x, y)`` sliced from tensors that already live on the training device.
 
-    ``shuffle=True`` draws a new permutation each epoch from the loader's own seeded CPU
-    generator (then indexes on the device), so the order depends only on ``seed`` and the
-    epoch, not on other code's use of the global RNG. The last partial batch is kept;
+    ``shuffle=True`` draws a new permutation each pass from the loader's own seeded CPU
+    ``generator`` (then indexes on the device), so the order depends only on ``seed`` and the
+    passes made, not on other code's use of the global RNG. The last partial batch is kept;
     ``transform`` is applied to each ``x`` batch on the device.
     """
 
@@ -80,7 +80,7 @@ class TensorLoader:
         self.shuffle = shuffle
         self.transform = transform
         self.num_samples = len(x)
-        self._generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -89,7 +89,7 @@ class TensorLoader:
         n, bs = self.num_samples, self.batch_size
         order = None
         if self.shuffle:
-            order = torch.randperm(n, generator=self._generator).to(self.x.device)
+            order = torch.randperm(n, generator=self.generator).to(self.x.device)
         for start in range(0, n, bs):
             if order is None:
                 xb, yb = self.x[start : start + bs], self.y[start : start + bs]
@@ -117,6 +117,17 @@ class DataBundle:
     num_classes: int
     num_train: int
     note: str | None = None
+
+    def generators(self) -> list[torch.Generator]:
+        """The loaders' random generators (shuffle, augmentation), in a fixed order: a
+        checkpoint keeps their states, so a resumed trial sees the minibatches it would have."""
+        found: dict[int, torch.Generator] = {}
+        for loader in (self.train, self.val, self.test):
+            transform = getattr(loader, "transform", None)
+            for g in (getattr(loader, "generator", None), getattr(transform, "generator", None)):
+                if isinstance(g, torch.Generator):
+                    found.setdefault(id(g), g)
+        return list(found.values())
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:

@@ -16,8 +16,8 @@ CHECKPOINT_FILE = "trial_state.pt"
 
 
 def save_state(trial: Trial, folder: str | Path) -> None:
-    """Weights (and their average), optimiser, schedule, gates and their random state, and the
-    history so far."""
+    """Weights (and their average), optimiser, schedule, gates, the random states of the gates
+    and of the data's loaders, and the history so far."""
     state = {
         "epoch": trial.epoch,
         "pruned": [i for i, s in enumerate(trial.model.sections) if s.pruned],
@@ -26,6 +26,7 @@ def save_state(trial: Trial, folder: str | Path) -> None:
         "scheduler": trial.scheduler.state_dict(),
         "gates": trial.gates.state_dict(),
         "gate_rng": trial.gates.generator.get_state(),
+        "data_rng": [g.get_state() for g in trial.data.generators()],
         "train_flops": trial.train_flops,
         "history": trial.history,
         "pruned_at": trial.pruned_at,
@@ -47,6 +48,8 @@ def load_state(trial: Trial, folder: str | Path) -> None:
     trial.scheduler.load_state_dict(state["scheduler"])
     trial.gates.load_state_dict(state["gates"])
     trial.gates.generator.set_state(state["gate_rng"].cpu())
+    for g, rng in zip(trial.data.generators(), state.get("data_rng", []), strict=False):
+        g.set_state(rng.cpu())
     trial.epoch = state["epoch"]
     trial.train_flops = state["train_flops"]
     trial.history = state["history"]
