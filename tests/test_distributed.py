@@ -29,12 +29,12 @@ CONFIG = {"data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
           "epochs": 3, "seed": 0, "device": "cpu"}
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, out: str, raw: dict = CONFIG) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        config = TrialConfig.model_validate(CONFIG)
+        config = TrialConfig.model_validate(raw)
         trial = DistributedTrial(config)
         draws: list[list[float]] = []
         draw = trial.pruner.draw
@@ -43,17 +43,22 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
         result = run_trial(config, lambda m, _: reports.append(m), trial=trial)
         torch.save({"draws": draws, "theta": trial.gates.theta, "keep": result.keep,
                     "pruned_at": trial.gates.pruned_at_step, "reports": reports,
-                    "weights": trial.model.state_dict(), "batches": len(trial.data.train)},
+                    "weights": trial.model.state_dict(), "batches": len(trial.data.train),
+                    "evaluated": trial.evaluated.state_dict()},
                    Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_hold_the_same_gates_draws_removals_and_weights(tmp_path: Path) -> None:
+def _spawn_two_ranks(out: Path, raw: dict = CONFIG) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_rank, args=(2, port, str(tmp_path)), nprocs=2)
+    mp.spawn(_rank, args=(2, port, str(out), raw), nprocs=2)
+
+
+def test_two_ranks_hold_the_same_gates_draws_removals_and_weights(tmp_path: Path) -> None:
+    _spawn_two_ranks(tmp_path)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     steps = 3 * a["batches"]
     assert len(a["draws"]) == steps and a["draws"] == b["draws"]
@@ -67,6 +72,16 @@ def test_two_ranks_hold_the_same_gates_draws_removals_and_weights(tmp_path: Path
         return {k: v for k, v in r.items() if k != "epoch_seconds"}
 
     assert [same(r) for r in a["reports"]] == [same(r) for r in b["reports"]]
+
+
+def test_two_ranks_evaluate_the_same_averaged_weights(tmp_path: Path) -> None:
+    fixed = {**CONFIG, "method": {"gates": "fixed", "ema_decay": 0.9}}
+    _spawn_two_ranks(tmp_path, fixed)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(a["evaluated"][k], b["evaluated"][k]) for k in a["evaluated"])
+    assert not torch.equal(a["evaluated"]["layers.3.body.0.weight"],
+                           a["weights"]["layers.3.body.0.weight"])  # the average, not the weights
+    assert [r["val_accuracy"] for r in a["reports"]] == [r["val_accuracy"] for r in b["reports"]]
 
 
 def test_each_rank_takes_its_share_of_every_minibatch() -> None:
