@@ -32,8 +32,10 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from layertune.config import SettleConfig
 from layertune.front import pareto_front
 from layertune.scheduler import GateCollapseScheduler, RecordingASHA
+from layertune.settle import settled
 
 try:
     from results_table import write_section
@@ -47,6 +49,9 @@ OBJECTIVES = [("val_accuracy", "max"), ("active_layers", "min")]
 COVERED = "method.decide_sections"  # the covered parameter of search_spaces/cnn1d.yaml
 SHIPPED = "gate-collapse, grace 4, margin 0.005 (cnn1d.yaml)"
 History = tuple[str, list[dict]]
+# settle_std and settle_epochs replayed with the shipped rule (docs/algorithm.md, "Settled trials")
+SETTLED = ((0.003, 3), (0.005, 3), (0.005, 4))
+NEVER = SettleConfig()  # every trial runs all its epochs
 
 
 class AccuracyRungs(GateCollapseScheduler):
@@ -88,8 +93,10 @@ def load(folder: Path) -> list[History]:
     return [(tid, rows) for _, tid, rows in sorted(trials)]
 
 
-def replay(trials: list[History], scheduler: TrialScheduler, slots: int) -> tuple[int, list]:
-    """Trial-epochs spent and the last reports of the trials that were not stopped."""
+def replay(trials: list[History], scheduler: TrialScheduler, slots: int,
+           settle: SettleConfig = NEVER) -> tuple[int, list]:
+    """Trial-epochs spent and the last reports of the trials that were not stopped; with
+    ``settle`` a trial ends at the report where it has settled (``layertune.settle``)."""
     queue, running, finished, spent, started = list(trials), [], [], 0, 0
 
     def start(now: float) -> None:
@@ -104,10 +111,11 @@ def replay(trials: list[History], scheduler: TrialScheduler, slots: int) -> tupl
         start(0.0)
     while running:
         now, order, trial, rows, i = heapq.heappop(running)
-        last = i == len(rows) - 1
+        last = i == len(rows) - 1 or settled(rows[:i + 1], settle)
         spent += 1
-        action = scheduler.on_trial_result(None, trial, rows[i] | {"done": last})
-        if last:
+        # a settled trial's last report reaches the scheduler like any other: it may stop it
+        action = scheduler.on_trial_result(None, trial, rows[i] | {"done": i == len(rows) - 1})
+        if last and action != TrialScheduler.STOP:
             finished.append(rows[i])
         if last or action == TrialScheduler.STOP:
             if queue:
@@ -194,17 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         front = {fifo_rows[i]["trial_id"] for i in pareto_front(fifo_rows, OBJECTIVES)}
         enough = fewest_kept(fifo_rows, 0.98)
         made = rules(epochs)
-        cases = {name: (make, trials) for name, make in made.items()}
+        cases = {name: (make, trials, NEVER) for name, make in made.items()}
+        cases |= {
+            f"{SHIPPED}, trials settled at std {std:g} over {n} epochs end": (
+                made[SHIPPED], trials, SettleConfig(std=std, epochs=n, from_epoch=4))
+            for std, n in SETTLED}
         cases |= {
             "the same as cnn1d.yaml, covering trials started shallowest first":
-                (made[SHIPPED], shallow_first(trials)),
+                (made[SHIPPED], shallow_first(trials), NEVER),
             "oracle (FIFO's front to the end, the rest 1 epoch)":
-                (lambda front=front: Oracle(front), trials),
+                (lambda front=front: Oracle(front), trials, NEVER),
             "oracle keeping 98 % of FIFO's hypervolume (fewest front trials, the rest 1 "
-            "epoch)": (lambda keep=enough: Oracle(keep), trials),
+            "epoch)": (lambda keep=enough: Oracle(keep), trials, NEVER),
         }
-        replays = {name: replay(order, make(), args.slots)
-                   for name, (make, order) in cases.items()}
+        replays = {name: replay(order, make(), args.slots, settle)
+                   for name, (make, order, settle) in cases.items()}
         replays["FIFO (depths on its front)"] = (fifo_spent, fifo_rows)  # replayed above
         for name, (spent, rows) in replays.items():
             runs.setdefault(name, []).append({

@@ -87,6 +87,11 @@ def _write_train_result(result: TrialResult, out: Path, fmt: str) -> list[str]:
     pruned = ", ".join(f"{i} (epoch {e})" for i, e in sorted(result.pruned_at.items())) or "none"
     lines = [result.note] if result.note else []
     lines.append(f"kept {f['active_layers']}/{f['total_layers']} sections; removed: {pruned}")
+    epochs = result.config["epochs"]
+    if f["epoch"] < epochs:
+        rule = result.config["settle"]
+        lines.append(f"settled at epoch {f['epoch']} of {epochs}: the last {rule['epochs']} "
+                     f"validation accuracies vary by less than settle.std {rule['std']:g}")
     if result.decided:
         decided = ", ".join(f"{i} ({t:.8g} -> {f['theta'][i]:g})"
                             for i, t in sorted(result.decided.items()))

@@ -220,6 +220,19 @@ class OptimizerConfig(_Strict):
         return self
 
 
+class SettleConfig(_Strict):
+    """When a trial may end before ``epochs`` (``layertune.settle``; docs/algorithm.md,
+    "Settled trials"). Off unless ``std`` > 0; a sweep sets it from its search space."""
+
+    std: float = Field(
+        0.0, ge=0.0, le=1.0, description="end once the validation accuracies of the last "
+        "`epochs` epochs, the structure fixed in each, have a standard deviation below this "
+        "(0: run every epoch)",
+    )
+    epochs: int = Field(3, ge=2, description="epochs whose accuracies are compared")
+    from_epoch: int = Field(1, ge=1, description="the first epoch at which a trial may end")
+
+
 class TrialConfig(_Strict):
     data: Annotated[Annotated[DataConfig, Tag(_BUILTIN_TAG)]
                     | Annotated[FactoryConfig, Tag(_FACTORY_TAG)], Discriminator(_kind)]
@@ -228,6 +241,7 @@ class TrialConfig(_Strict):
     method: MethodConfig = MethodConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     epochs: int = Field(20, gt=0)
+    settle: SettleConfig = SettleConfig()
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     bf16: bool = Field(False, description="bf16 autocast (GPU)")

@@ -13,6 +13,7 @@ A search-space YAML (``search_spaces/*.yaml``)::
     sampler: {name: nsga2, seed: 0}  # nsga2 | tpe | random
     cover_others: trial              # covering trials' other parameters: trial | sampler
     scheduler: {decide_by: 6}        # optional: settings of the early gate collapse rule
+                                     # (and settle_std: trials end once their accuracy settles)
 
 Every error is one line ``FILE: KEY: what is allowed`` (``ConfigError``), raised before any
 work starts; ``check_parameters`` also applies the space's extreme values to the trial config,
@@ -37,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from .config import ConfigError, TrialConfig, read_yaml
+from .config import ConfigError, SettleConfig, TrialConfig, read_yaml
 from .contract import OBJECTIVE_METRICS
 
 Metric = Literal[OBJECTIVE_METRICS]  # a tuple subscript is the list of allowed values
@@ -129,6 +130,18 @@ class CollapseSettings(_Strict):
     grace_epochs: int = Field(2, ge=1, description="the first epoch at which accuracy may stop "
                               "a collapsed trial (near chance or dominated)")
     reduction_factor: float = Field(3.0, gt=1.0, description="ASHA rung spacing and cut")
+    settle_std: float = Field(
+        0.0, ge=0.0, le=1.0, description="a trial ends once the validation accuracies of its "
+        "last settle_epochs epochs (structure fixed, from grace_epochs on) have a standard "
+        "deviation below this (0: every trial runs its epochs; docs/algorithm.md, 'Settled "
+        "trials')",
+    )
+    settle_epochs: int = Field(3, ge=2, description="epochs whose accuracies settle_std compares")
+
+    def settle(self) -> SettleConfig:
+        """The trials' own stopping rule (``TrialConfig.settle``) these settings ask for."""
+        return SettleConfig(std=self.settle_std, epochs=self.settle_epochs,
+                            from_epoch=self.grace_epochs)
 
 
 DEFAULT_OBJECTIVES = (

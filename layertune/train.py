@@ -30,6 +30,7 @@ from .optim import make_optimizer, make_schedule
 from .progress import EpochProgress
 from .pruner import Pruner
 from .sections import GatedNetwork
+from .settle import settled
 from .trial_state import load_state, save_state
 
 Report = Callable[[dict, "str | None"], None]
@@ -317,11 +318,12 @@ def run_trial(
     trial: Trial | None = None,
     progress: EpochProgress | None = None,
 ) -> TrialResult:
-    """Train ``config`` for its epochs, calling ``report`` after each one.
+    """Train ``config`` for its epochs, or until it has settled (``config.settle``,
+    ``layertune.settle``), calling ``report`` after each one.
 
     With ``checkpoint`` each report carries a folder holding the whole trial state;
     ``resume_from`` continues from such a folder. ``last_checkpoint(model, keep, folder)`` may
-    add files to the last epoch's checkpoint folder before it is reported (the sweep puts the
+    add files to the last report's checkpoint folder before it is reported (the sweep puts the
     compact network there, so the driver can record it from the trial's checkpoint).
     ``trial``: one built already (a data-parallel trial, ``layertune.distributed``).
     ``progress`` shows each epoch's steps as they go (``layertune train``).
@@ -329,17 +331,19 @@ def run_trial(
     trial = trial or Trial(config, data)
     if resume_from:
         load_state(trial, resume_from)
-    while trial.epoch < config.epochs:
+    # a trial resumed after its last report may have settled there (layertune.settle)
+    while trial.epoch < config.epochs and not settled(trial.history, config.settle):
         seconds, _ = trial.train_epoch(progress)
         if (trial.epoch == config.epochs and trial.mode == "learned"
                 and config.method.decide_at_end and not trial.gates.fixed):
             trial.decide_gates()
         metrics = trial.metrics(seconds)
         trial.history.append(metrics)
+        last = trial.epoch == config.epochs or settled(trial.history, config.settle)
         if checkpoint:
             with tempfile.TemporaryDirectory(prefix="layertune-ckpt-") as folder:
                 save_state(trial, folder)
-                if last_checkpoint is not None and trial.epoch == config.epochs:
+                if last_checkpoint is not None and last:
                     last_checkpoint(trial.evaluated, trial.keep(), folder)
                 report(metrics, folder)
         else:

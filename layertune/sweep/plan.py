@@ -175,6 +175,9 @@ def _load_input(trial_path: str | Path, space_path: str | Path,
     trial = load_trial(trial_path, options.overrides)
     space = load_space(space_path)
     check_parameters(space, trial, str(space_path))
+    if options.scheduler != "fifo" and space.scheduler.settle_std > 0:
+        # settling is the sweep's early stopping, like the scheduler's: FIFO runs every epoch
+        trial = trial.model_copy(update={"settle": space.scheduler.settle()})
     if isinstance(trial.data, DataConfig) and trial.data.root:  # trials run in their own folder
         trial = trial.with_overrides({"data.root": str(Path(trial.data.root).resolve())},
                                      source=str(trial_path))
