@@ -92,7 +92,9 @@ def reuse_grid(path: str, config: TrialConfig) -> list[dict]:
     (the same grid, trained as a Tune run), only if it trained this very config."""
     data = json.loads(Path(path).read_text())
     grid = data.get("grid", data)
-    if grid.get("config") != config.model_dump(mode="json"):
+    # read through TrialConfig: a key added since, at its default, is the same config
+    stored = grid.get("config")
+    if stored is None or TrialConfig.model_validate(stored) != config:
         raise SystemExit(f"--grid-from {path}: its grid trained another trial config")
     print(f"grid: reused from {path}", flush=True)
     return [{"wall_s": 0.0, **r} for r in grid["rows"]]
