@@ -10,14 +10,14 @@ import optuna
 import pytest
 import ray
 from optuna.trial import TrialState
+from ray_record import ray_reports
+from sweep_files import digits_trial
 
 from layertune.config import SettleConfig, load_trial
 from layertune.search import open_storage
 from layertune.settle import settled
 from layertune.sweep import plan_sweep, run_sweep
 from layertune.train import run_trial
-from ray_record import ray_reports
-from sweep_files import digits_trial
 
 RULE = SettleConfig(std=0.005, epochs=3, from_epoch=4)
 
