@@ -98,6 +98,10 @@ BAD = [
      "sampler: {name: tpe, population_size: 8}\n", ["sampler", "nsga2"]),
     ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
      "scheduler: {reduction_factor: 1}\n", ["scheduler.reduction_factor"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "scheduler: {settle_std: -0.01}\n", ["scheduler.settle_std"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "scheduler: {settle_epochs: 1}\n", ["scheduler.settle_epochs"]),
     ("parameters: [1, 2]\n", ["parameters"]),
     ("- just a list\n", ["(top level)"]),
     ("parameters: {a: [}\n", ["line"]),
