@@ -36,6 +36,7 @@ from layertune.config import SettleConfig
 from layertune.front import pareto_front
 from layertune.scheduler import GateCollapseScheduler, RecordingASHA
 from layertune.settle import settled
+from layertune.space import CollapseSettings
 
 try:
     from results_table import write_section
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = {name: (make, trials, NEVER) for name, make in made.items()}
         cases |= {
             f"{SHIPPED}, trials settled at std {std:g} over {n} epochs end": (
-                made[SHIPPED], trials, SettleConfig(std=std, epochs=n, from_epoch=4))
+                made[SHIPPED], trials, CollapseSettings(  # as a sweep hands it to its trials
+                    grace_epochs=4, margin=0.005, settle_std=std, settle_epochs=n).settle())
             for std, n in SETTLED}
         cases |= {
             "the same as cnn1d.yaml, covering trials started shallowest first":

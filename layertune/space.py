@@ -116,6 +116,8 @@ class CollapseSettings(_Strict):
     """Settings of ``GateCollapseScheduler`` (see its docstring).
 
     ``--scheduler asha`` uses ``decide_by`` as its grace period and ``reduction_factor``.
+    ``settle_std`` and ``settle_epochs`` are not the scheduler's: under either scheduler they
+    become each trial's own ``settle`` rule (``settle()``, ``layertune.settle``).
     """
 
     min_layers: int = Field(

@@ -332,14 +332,16 @@ def run_trial(
     if resume_from:
         load_state(trial, resume_from)
     # a trial resumed after its last report may have settled there (layertune.settle)
-    while trial.epoch < config.epochs and not settled(trial.history, config.settle):
+    settled_now = settled(trial.history, config.settle)
+    while trial.epoch < config.epochs and not settled_now:
         seconds, _ = trial.train_epoch(progress)
         if (trial.epoch == config.epochs and trial.mode == "learned"
                 and config.method.decide_at_end and not trial.gates.fixed):
             trial.decide_gates()
         metrics = trial.metrics(seconds)
         trial.history.append(metrics)
-        last = trial.epoch == config.epochs or settled(trial.history, config.settle)
+        settled_now = settled(trial.history, config.settle)
+        last = trial.epoch == config.epochs or settled_now
         if checkpoint:
             with tempfile.TemporaryDirectory(prefix="layertune-ckpt-") as folder:
                 save_state(trial, folder)
