@@ -205,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         made = rules(epochs)
         cases = {name: (make, trials, NEVER) for name, make in made.items()}
         cases |= {
-            f"{SHIPPED}, trials settled at std {std:g} over {n} epochs end": (
-                made[SHIPPED], trials, CollapseSettings(  # as a sweep hands it to its trials
-                    grace_epochs=4, margin=0.005, settle_std=std, settle_epochs=n).settle())
+            f"{SHIPPED}, trials settled at std {std:g} over {n} epochs end, no cooldown": (
+                made[SHIPPED], trials, CollapseSettings(  # as a sweep hands it to its trials,
+                    grace_epochs=4, margin=0.005, settle_std=std, settle_epochs=n,
+                    settle_cooldown=0).settle())  # FIFO's histories hold no annealed epochs
             for std, n in SETTLED}
         cases |= {
             "the same as cnn1d.yaml, covering trials started shallowest first":

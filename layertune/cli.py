@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .config import ConfigError, TrialConfig, load_trial, parse_set
+from .config import ConfigError, SettleConfig, TrialConfig, load_trial, parse_set
 from .workers import Workers, add_worker_arguments, check_batch, worker_spec
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def train_command(args: argparse.Namespace) -> int:
 def _write_train_result(result: TrialResult, out: Path, fmt: str) -> list[str]:
     """result.json and the compact network into ``out``; the lines that say what was kept."""
     from .export import save_compact
+    from .settle import settled_at
 
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2))
     paths = save_compact(result.model, result.keep, out / "model", fmt)
@@ -88,10 +89,11 @@ def _write_train_result(result: TrialResult, out: Path, fmt: str) -> list[str]:
     lines = [result.note] if result.note else []
     lines.append(f"kept {f['active_layers']}/{f['total_layers']} sections; removed: {pruned}")
     epochs = result.config["epochs"]
-    if f["epoch"] < epochs:
-        rule = result.config["settle"]
-        lines.append(f"settled at epoch {f['epoch']} of {epochs}: the last {rule['epochs']} "
-                     f"validation accuracies vary by less than settle.std {rule['std']:g}")
+    rule = SettleConfig.model_validate(result.config["settle"])
+    if (at := settled_at(result.history, rule)) is not None:
+        cooled = f", then {f['epoch'] - at} to cool down" if f["epoch"] > at else ""
+        lines.append(f"settled at epoch {at} of {epochs}{cooled}: the last {rule.epochs} "
+                     f"validation accuracies vary by less than settle.std {rule.std:g}")
     if result.decided:
         decided = ", ".join(f"{i} ({t:.8g} -> {f['theta'][i]:g})"
                             for i, t in sorted(result.decided.items()))

@@ -230,7 +230,9 @@ class SettleConfig(_Strict):
         "(0: run every epoch)",
     )
     epochs: int = Field(3, ge=2, description="epochs whose accuracies are compared")
-    from_epoch: int = Field(1, ge=1, description="the first epoch at which a trial may end")
+    from_epoch: int = Field(1, ge=1, description="the first epoch at which a trial may settle")
+    cooldown: int = Field(2, ge=0, description="epochs trained after settling, the learning "
+                          "rate falling linearly to 0 (0: end at the settled epoch)")
 
 
 class TrialConfig(_Strict):

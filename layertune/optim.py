@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,6 +42,19 @@ def make_schedule(
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def cool_down(schedule: torch.optim.lr_scheduler.LambdaLR, start: int, steps: int) -> None:
+    """From step ``start`` on, the schedule's factor falls linearly to 0 over ``steps`` steps:
+    the end of the schedule brought forward (a settled trial's cooldown, ``layertune.settle``).
+    Budgeted training (Li et al., ICLR 2020) finds a linear fall to 0 the best end of a short
+    budget; stopping at the schedule's mid-way rate costs a settled trial about a point."""
+    def falling(factor: Callable[[int], float]) -> Callable[[int], float]:
+        top = factor(start)
+        return lambda step: factor(step) if step < start else \
+            top * max(0.0, 1.0 - (step - start) / steps)
+
+    schedule.lr_lambdas = [falling(f) for f in schedule.lr_lambdas]
 
 
 def schedule_factor(optimizer: torch.optim.Optimizer, base_lr: float | None = None) -> float:

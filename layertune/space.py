@@ -116,8 +116,9 @@ class CollapseSettings(_Strict):
     """Settings of ``GateCollapseScheduler`` (see its docstring).
 
     ``--scheduler asha`` uses ``decide_by`` as its grace period and ``reduction_factor``.
-    ``settle_std`` and ``settle_epochs`` are not the scheduler's: under either scheduler they
-    become each trial's own ``settle`` rule (``settle()``, ``layertune.settle``).
+    ``settle_std``, ``settle_epochs`` and ``settle_cooldown`` are not the scheduler's: under
+    either scheduler they become each trial's own ``settle`` rule (``settle()``,
+    ``layertune.settle``).
     """
 
     min_layers: int = Field(
@@ -139,11 +140,13 @@ class CollapseSettings(_Strict):
         "trials')",
     )
     settle_epochs: int = Field(3, ge=2, description="epochs whose accuracies settle_std compares")
+    settle_cooldown: int = Field(2, ge=0, description="epochs a settled trial trains on, its "
+                                 "learning rate falling linearly to 0, before it ends")
 
     def settle(self) -> SettleConfig:
         """The trials' own stopping rule (``TrialConfig.settle``) these settings ask for."""
         return SettleConfig(std=self.settle_std, epochs=self.settle_epochs,
-                            from_epoch=self.grace_epochs)
+                            from_epoch=self.grace_epochs, cooldown=self.settle_cooldown)
 
 
 DEFAULT_OBJECTIVES = (

@@ -26,11 +26,11 @@ from .decision import nothing_to_rank
 from .factory import trial_data, trial_model
 from .flops import FlopTable, flop_table
 from .gates import GateController
-from .optim import make_optimizer, make_schedule
+from .optim import cool_down, make_optimizer, make_schedule
 from .progress import EpochProgress
 from .pruner import Pruner
 from .sections import GatedNetwork
-from .settle import settled
+from .settle import settled, settled_at
 from .trial_state import load_state, save_state
 
 Report = Callable[[dict, "str | None"], None]
@@ -169,6 +169,18 @@ class Trial:
             self.average.update()
         self.train_flops += self.flops.training_step([zi == 1.0 for zi in z], batch)
         return loss.detach()
+
+    def end_after(self, settled: int | None) -> int:
+        """The epoch this trial ends at if it settled at epoch ``settled`` (None: it has not):
+        ``settle.cooldown`` epochs later, its learning rate falling linearly to 0 by then."""
+        c = self.config
+        if settled is None:
+            return c.epochs
+        end = min(c.epochs, settled + c.settle.cooldown)
+        if end > settled:
+            steps = len(self.data.train)
+            cool_down(self.scheduler, settled * steps, (end - settled) * steps)
+        return end
 
     def train_epoch(self, progress: EpochProgress | None = None) -> tuple[float, float]:
         """Returns (seconds, mean minibatch loss). ``progress`` is told of every step."""
@@ -331,17 +343,20 @@ def run_trial(
     trial = trial or Trial(config, data)
     if resume_from:
         load_state(trial, resume_from)
-    # a trial resumed after its last report may have settled there (layertune.settle)
-    settled_now = settled(trial.history, config.settle)
-    while trial.epoch < config.epochs and not settled_now:
+    # a resumed trial may have settled before (layertune.settle): it ends as it would have
+    settled_epoch = settled_at(trial.history, config.settle)
+    end = trial.end_after(settled_epoch)
+    while trial.epoch < end:
         seconds, _ = trial.train_epoch(progress)
         if (trial.epoch == config.epochs and trial.mode == "learned"
                 and config.method.decide_at_end and not trial.gates.fixed):
             trial.decide_gates()
         metrics = trial.metrics(seconds)
         trial.history.append(metrics)
-        settled_now = settled(trial.history, config.settle)
-        last = trial.epoch == config.epochs or settled_now
+        if settled_epoch is None and settled(trial.history, config.settle):
+            settled_epoch = trial.epoch
+            end = trial.end_after(settled_epoch)
+        last = trial.epoch == end
         if checkpoint:
             with tempfile.TemporaryDirectory(prefix="layertune-ckpt-") as folder:
                 save_state(trial, folder)

@@ -102,6 +102,8 @@ BAD = [
      "scheduler: {settle_std: -0.01}\n", ["scheduler.settle_std"]),
     ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
      "scheduler: {settle_epochs: 1}\n", ["scheduler.settle_epochs"]),
+    ("parameters:\n  optimizer.lr: {type: float, low: 0.01, high: 1}\n"
+     "scheduler: {settle_cooldown: -1}\n", ["scheduler.settle_cooldown"]),
     ("parameters: [1, 2]\n", ["parameters"]),
     ("- just a list\n", ["(top level)"]),
     ("parameters: {a: [}\n", ["line"]),

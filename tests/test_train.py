@@ -134,6 +134,7 @@ def test_checkpoint_resume_continues_the_same_trial(tmp_path: Path) -> None:
         (["--set", "model.name=resnet7"], "model.name"),
         (["--set", "epochs=many"], "epochs"),
         (["--set", "settle.epochs=1"], "settle.epochs"),
+        (["--set", "settle.cooldown=-1"], "settle.cooldown"),
         (["--set", "noequals"], "--set"),
         (["--format", "tflite"], "--format tflite"),
         (["--set", "device=cuda:0"] if not torch.cuda.is_available() else ["--set", "seed=x"],
