@@ -36,4 +36,3 @@ def settled_at(history: Sequence[dict], rule: SettleConfig) -> int | None:
         if settled(history[:n], rule):
             return int(history[n - 1]["epoch"])
     return None
-

@@ -170,16 +170,16 @@ class Trial:
         self.train_flops += self.flops.training_step([zi == 1.0 for zi in z], batch)
         return loss.detach()
 
-    def end_after(self, settled: int | None) -> int:
-        """The epoch this trial ends at if it settled at epoch ``settled`` (None: it has not):
+    def end_after(self, settled_epoch: int | None) -> int:
+        """The epoch this trial ends at if it settled at ``settled_epoch`` (None: it has not):
         ``settle.cooldown`` epochs later, its learning rate falling linearly to 0 by then."""
         c = self.config
-        if settled is None:
+        if settled_epoch is None:
             return c.epochs
-        end = min(c.epochs, settled + c.settle.cooldown)
-        if end > settled:
+        end = min(c.epochs, settled_epoch + c.settle.cooldown)
+        if end > settled_epoch:
             steps = len(self.data.train)
-            cool_down(self.scheduler, settled * steps, (end - settled) * steps)
+            cool_down(self.scheduler, settled_epoch * steps, (end - settled_epoch) * steps)
         return end
 
     def train_epoch(self, progress: EpochProgress | None = None) -> tuple[float, float]:
