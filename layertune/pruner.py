@@ -34,7 +34,7 @@ from .batchnorm import frozen_batchnorm_stats
 from .config import MethodConfig
 from .decision import loss_budget, most_useful
 from .gates import GateController, GateDraw, GateGradient
-from .optim import drop_parameters, effective_step, schedule_factor
+from .optim import drop_parameters, effective_step, forget_direction, schedule_factor
 from .prior import PriorSettings
 from .transfer import Handoff
 
@@ -190,7 +190,8 @@ class Pruner:
         """The early structure decision (docs/algorithm.md, departure 7) on ``batches`` of
         training data, with BatchNorm batch statistics: remove the sections the loss budget
         ``tolerance`` allows (default: ``method.decide_sections`` sections kept when set, else
-        the budget ``method.decide_tolerance``), fix the gates for good. Returns the gates."""
+        the budget ``method.decide_tolerance``), fix the gates for good, and forget the
+        optimiser's momentum (``optim.forget_direction``). Returns the gates."""
         return self.decide_by(lambda z: self.batch_loss(batches, z, loss_fn), tolerance)
 
     def decide_by(self, loss_of: Callable[[list[float]], float],
@@ -204,6 +205,7 @@ class Pruner:
             keep = loss_budget(loss_of, gates, m.decide_tolerance if tolerance is None
                                else tolerance)
         drop_parameters(self.optimizer, self.gates.fix(keep))
+        forget_direction(self.optimizer)  # the compact network starts from where it is
         return keep
 
     @torch.no_grad()

@@ -12,6 +12,7 @@ from layertune.batchnorm import frozen_batchnorm_stats, recalibrate
 from layertune.config import load_trial
 from layertune.decision import loss_budget, most_useful, nothing_to_rank
 from layertune.gates import GateController
+from layertune.optim import forget_direction
 from layertune.train import Trial, run_trial
 
 # An additive loss: section i buys COST[i] of loss; its removal costs that much.
@@ -179,3 +180,29 @@ def test_a_trial_with_a_depth_target_keeps_that_many_sections() -> None:
         "epochs": 2, "method.decide_at": 1, "method.decide_sections": 2})
     history = run_trial(config, lambda m, c: None).history
     assert [h["active_layers"] for h in history] == [2, 2]
+
+
+def test_the_decision_forgets_the_momentum_gathered_for_the_full_network() -> None:
+    trial = Trial(load_trial("trials/digits_mlp.yaml", {
+        "epochs": 4, "method.decide_at": 2, "method.decide_tolerance": 0.9}))
+    x, y = next(iter(trial.data.train))
+    for _ in range(3):
+        trial.step(x, y)
+    assert all("momentum_buffer" in s for s in trial.optimizer.state.values())
+    trial.decide_structure()
+    assert not any("momentum_buffer" in s for s in trial.optimizer.state.values())
+    trial.step(x, y)  # the compact network gathers its own from its first step
+    kept = [p for g in trial.optimizer.param_groups for p in g["params"]]
+    assert all("momentum_buffer" in trial.optimizer.state[p] for p in kept)
+
+
+def test_forgetting_the_direction_keeps_adams_step_scale() -> None:
+    w = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([w], lr=0.1)
+    for _ in range(3):
+        w.grad = torch.tensor([1.0, -2.0, 3.0])
+        optimizer.step()
+    scale = optimizer.state[w]["exp_avg_sq"].clone()
+    forget_direction(optimizer)
+    assert torch.equal(optimizer.state[w]["exp_avg"], torch.zeros(3))
+    assert torch.equal(optimizer.state[w]["exp_avg_sq"], scale)
