@@ -188,6 +188,7 @@ def test_the_decision_forgets_the_momentum_gathered_for_the_full_network() -> No
     x, y = next(iter(trial.data.train))
     for _ in range(3):
         trial.step(x, y)
+    assert trial.optimizer.state
     assert all("momentum_buffer" in s for s in trial.optimizer.state.values())
     trial.decide_structure()
     assert not any("momentum_buffer" in s for s in trial.optimizer.state.values())
